@@ -1,0 +1,119 @@
+"""AdalossHandler: applies the Adaloss schedule per landmark after every training epoch.
+
+Works on any Ignite engine, MONAI's ``SupervisedTrainer`` included (its default decollation of the
+outputs does not matter: the handler reads the per-landmark values the loss module keeps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ignite.distributed as idist
+import torch
+from ignite.engine import Engine, Events
+
+from .losses import AdalossHeatmapLoss
+
+__all__ = ["AdalossHandler"]
+
+
+class AdalossHandler:
+    """Accumulate per-landmark training losses, then update sigma at ``EPOCH_COMPLETED``.
+
+    Each iteration it adds the loss module's ``last_channel_sums`` / ``last_channel_counts`` (kept on
+    the loss's device, no host sync); at the end of the epoch it all-reduces the sums and counts
+    across ranks with ``ignite.distributed`` (a no-op without a process group), so every rank feeds the
+    same epoch loss ``(L,)`` to the schedule and keeps the same sigma. It then writes one scalar per
+    landmark, ``sigma/<name>`` (the sigma for the next epoch) and ``adaloss_loss/<name>`` (the epoch
+    loss), into ``engine.state.metrics`` where MONAI's ``StatsHandler``, ``TensorBoardStatsHandler``
+    and ``MLflowHandler`` pick them up.
+
+    Order: :meth:`attach` puts this handler first among the engine's ``EPOCH_COMPLETED`` handlers
+    (it re-orders Ignite's handler list), so sigma is updated and logged before any checkpoint,
+    validation or stats handler of that epoch runs, whatever order the handlers were attached in.
+    Handlers attached later run after it anyway.
+
+    Checkpointing: ``state_dict()`` holds the schedule's state and the running sums as plain Python
+    values, so ``CheckpointSaver(save_dict={"net": net, "opt": opt, "trainer": trainer,
+    "adaloss": handler})`` and ``CheckpointLoader(load_dict=...)`` resume it, and the file loads with
+    ``torch.load(..., weights_only=True)``.
+
+    Args:
+        loss: the :class:`~monai_adaloss.losses.AdalossHeatmapLoss` the trainer optimises; its
+            ``schedule`` is the one updated.
+        landmark_names: names used in the metric keys; defaults to ``landmark_0``, ``landmark_1``...
+    """
+
+    def __init__(self, loss: AdalossHeatmapLoss, landmark_names: Sequence[str] | None = None) -> None:
+        if loss.schedule is None:
+            raise ValueError("Argument `loss` must have an AdalossSchedule, got a fixed-sigma loss.")
+        self.loss = loss
+        self.schedule = loss.schedule
+        num_landmarks = self.schedule.num_landmarks
+        names = [f"landmark_{i}" for i in range(num_landmarks)] if landmark_names is None else list(landmark_names)
+        if len(names) != num_landmarks:
+            raise ValueError(
+                f"Argument `landmark_names` must hold {num_landmarks} names, got {len(names)}: {names}."
+            )
+        self.landmark_names = names
+        self._sums: torch.Tensor | None = None
+        self._counts: torch.Tensor | None = None
+
+    def attach(self, engine: Engine) -> None:
+        """Register on ``ITERATION_COMPLETED`` and first on ``EPOCH_COMPLETED``."""
+        if not engine.has_event_handler(self.iteration_completed, Events.ITERATION_COMPLETED):
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        if not engine.has_event_handler(self, Events.EPOCH_COMPLETED):
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+            epoch_handlers = engine._event_handlers[Events.EPOCH_COMPLETED]
+            epoch_handlers.insert(0, epoch_handlers.pop())
+
+    def iteration_completed(self, engine: Engine) -> None:
+        """Add the last batch's per-landmark loss sums and counts to the epoch's running totals."""
+        sums, counts = self.loss.last_channel_sums, self.loss.last_channel_counts
+        if sums is None or counts is None:
+            return
+        sums, counts = sums.detach().to(torch.float64), counts.detach().to(torch.float64)
+        if self._sums is None or self._counts is None:
+            self._sums, self._counts = sums.clone(), counts.clone()
+        else:
+            self._sums = self._sums.to(sums.device) + sums
+            self._counts = self._counts.to(counts.device) + counts
+
+    def epoch_losses(self) -> torch.Tensor:
+        """``(L,)`` float64 mean loss per landmark over this epoch's samples on all ranks (NaN if none)."""
+        num_landmarks = self.schedule.num_landmarks
+        if self._sums is None or self._counts is None:
+            totals = torch.zeros(2, num_landmarks, dtype=torch.float64)
+        else:
+            totals = torch.stack([self._sums, self._counts])
+        totals = idist.all_reduce(totals).cpu()
+        return totals[0] / totals[1]
+
+    def __call__(self, engine: Engine) -> None:
+        """At ``EPOCH_COMPLETED``: update the schedule and log sigma and the epoch loss per landmark."""
+        losses = self.epoch_losses()
+        sigma = self.schedule.update(losses)
+        self._sums, self._counts = None, None
+        for name, value, loss in zip(self.landmark_names, sigma.tolist(), losses.tolist(), strict=True):
+            engine.state.metrics[f"sigma/{name}"] = value
+            engine.state.metrics[f"adaloss_loss/{name}"] = loss
+
+    def state_dict(self) -> dict[str, Any]:
+        """Schedule state plus the running sums of a partly finished epoch (plain Python values)."""
+        return {
+            "schedule": self.schedule.state_dict(),
+            "landmark_names": list(self.landmark_names),
+            "epoch_sums": None if self._sums is None else self._sums.cpu().tolist(),
+            "epoch_counts": None if self._counts is None else self._counts.cpu().tolist(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` wrote."""
+        if "schedule" not in state:
+            raise ValueError("Argument `state` misses the key 'schedule'.")
+        self.schedule.load_state_dict(state["schedule"])
+        sums, counts = state.get("epoch_sums"), state.get("epoch_counts")
+        self._sums = None if sums is None else torch.tensor(sums, dtype=torch.float64)
+        self._counts = None if counts is None else torch.tensor(counts, dtype=torch.float64)

@@ -1,0 +1,104 @@
+"""Per-landmark heatmap loss whose targets are rendered on the device from points and the live sigma."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .adaloss import AdalossSchedule
+from .heatmaps import HeatmapNormalization, check_points, render_gaussian_heatmaps
+
+__all__ = ["AdalossHeatmapLoss"]
+
+
+class AdalossHeatmapLoss(nn.Module):
+    """Mean squared error between predicted heatmaps and Gaussian targets rendered from points.
+
+    Targets are rendered inside ``forward`` on ``pred``'s device with the schedule's current sigma,
+    so nothing upstream (CacheDataset, persistent workers) can hold a stale target. Landmarks that are
+    absent in a sample (all instances NaN) are masked out of the loss of that sample.
+
+    Args:
+        schedule: the :class:`AdalossSchedule` whose ``sigma`` is used; give ``sigma`` instead for a
+            fixed-sigma baseline.
+        sigma: fixed sigma, a float or ``(L,)``; only when ``schedule`` is None.
+        normalize: target normalisation, ``None``, ``"peak"`` or ``"mean"`` (see
+            :func:`~monai_adaloss.heatmaps.render_gaussian_heatmaps`).
+        spacing: optional per-axis voxel size of the target grid when sigma is in mm.
+
+    After each call, ``last_channel_sums`` ``(L,)`` holds the per-landmark sum over the batch of
+    each present sample's spatial-mean squared error, and ``last_channel_counts`` ``(L,)`` the number of
+    samples in which the landmark is present (both detached, on ``pred``'s device), so that an epoch
+    mean per landmark is ``sum(sums) / sum(counts)``; ``last_channel_losses`` is their ratio for the
+    last batch (NaN for a landmark absent from the whole batch).
+    """
+
+    def __init__(
+        self,
+        schedule: AdalossSchedule | None = None,
+        sigma: float | Sequence[float] | None = None,
+        normalize: HeatmapNormalization = None,
+        spacing: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if (schedule is None) == (sigma is None):
+            raise ValueError(
+                f"Exactly one of the arguments `schedule` and `sigma` must be given, got schedule={schedule!r}, "
+                f"sigma={sigma!r}."
+            )
+        self.schedule = schedule
+        self.fixed_sigma = None if sigma is None else torch.as_tensor(sigma, dtype=torch.float64)
+        self.normalize = normalize
+        self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
+        self.last_channel_sums: torch.Tensor | None = None
+        self.last_channel_counts: torch.Tensor | None = None
+
+    @property
+    def sigma(self) -> torch.Tensor:
+        """The sigma used by the next call: a scalar or ``(L,)`` float64 tensor on the CPU."""
+        return self.schedule.sigma if self.schedule is not None else self.fixed_sigma  # type: ignore[return-value]
+
+    @property
+    def last_channel_losses(self) -> torch.Tensor | None:
+        """``(L,)`` mean loss per landmark over the present samples of the last batch (NaN if none)."""
+        if self.last_channel_sums is None or self.last_channel_counts is None:
+            return None
+        return self.last_channel_sums / self.last_channel_counts
+
+    def forward(self, pred: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """Loss of one batch.
+
+        Args:
+            pred: ``(B, L, *spatial)`` predicted heatmaps, 1 to 3 spatial dims.
+            points: ``(B, L, K, D)`` target points in voxel indices of ``pred``'s grid, spatial-axis
+                order, NaN for absent instances.
+
+        Returns:
+            scalar: mean over present (sample, landmark) pairs of the spatial-mean squared error
+            (0 with a gradient path when no landmark is present).
+        """
+        check_points(points)
+        points = torch.as_tensor(points, device=pred.device)
+        if pred.ndim != points.shape[-1] + 2 or pred.shape[:2] != points.shape[:2]:
+            raise ValueError(
+                f"Argument `pred` must have shape (B, L, *spatial) with B, L = {tuple(points.shape[:2])} and "
+                f"{points.shape[-1]} spatial dims to match the points, got {tuple(pred.shape)}."
+            )
+        dtype = pred.dtype if pred.is_floating_point() else torch.float32
+        target = render_gaussian_heatmaps(
+            points.to(torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype),
+            self.sigma.to(pred.device),
+            pred.shape[2:],
+            normalize=self.normalize,
+            spacing=self.spacing,
+        ).to(dtype)
+        per_sample = (pred.to(dtype) - target).pow(2).flatten(2).mean(dim=2)  # (B, L)
+        present = ~torch.isnan(points).any(dim=-1).all(dim=-1)  # (B, L): any instance present
+        masked = torch.where(present, per_sample, torch.zeros_like(per_sample))
+        sums = masked.sum(dim=0)
+        counts = present.sum(dim=0).to(sums.dtype)
+        self.last_channel_sums = sums.detach()
+        self.last_channel_counts = counts.detach()
+        return masked.sum() / counts.sum().clamp(min=1.0)
