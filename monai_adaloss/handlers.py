@@ -32,7 +32,8 @@ class AdalossHandler:
     Order: :meth:`attach` puts this handler first among the engine's ``EPOCH_COMPLETED`` handlers
     (it re-orders Ignite's handler list), so sigma is updated and logged before any checkpoint,
     validation or stats handler of that epoch runs, whatever order the handlers were attached in.
-    Handlers attached later run after it anyway.
+    Handlers attached later run after it anyway. Likewise its ``ITERATION_COMPLETED`` part runs
+    first, so an iteration-level checkpoint's running sums include the iteration it records as done.
 
     Checkpointing: ``state_dict()`` holds the schedule's state and the running sums as plain Python
     values, so ``CheckpointSaver(save_dict={"net": net, "opt": opt, "trainer": trainer,
@@ -61,13 +62,12 @@ class AdalossHandler:
         self._counts: torch.Tensor | None = None
 
     def attach(self, engine: Engine) -> None:
-        """Register on ``ITERATION_COMPLETED`` and first on ``EPOCH_COMPLETED``."""
-        if not engine.has_event_handler(self.iteration_completed, Events.ITERATION_COMPLETED):
-            engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
-        if not engine.has_event_handler(self, Events.EPOCH_COMPLETED):
-            engine.add_event_handler(Events.EPOCH_COMPLETED, self)
-            epoch_handlers = engine._event_handlers[Events.EPOCH_COMPLETED]
-            epoch_handlers.insert(0, epoch_handlers.pop())
+        """Register first on ``ITERATION_COMPLETED`` and first on ``EPOCH_COMPLETED``."""
+        for event, handler in ((Events.ITERATION_COMPLETED, self.iteration_completed), (Events.EPOCH_COMPLETED, self)):
+            if not engine.has_event_handler(handler, event):
+                engine.add_event_handler(event, handler)
+                event_handlers = engine._event_handlers[event]
+                event_handlers.insert(0, event_handlers.pop())
 
     def iteration_completed(self, engine: Engine) -> None:
         """Add the last batch's per-landmark loss sums and counts to the epoch's running totals."""

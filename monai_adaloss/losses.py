@@ -86,14 +86,15 @@ class AdalossHeatmapLoss(nn.Module):
                 f"Argument `pred` must have shape (B, L, *spatial) with B, L = {tuple(points.shape[:2])} and "
                 f"{points.shape[-1]} spatial dims to match the points, got {tuple(pred.shape)}."
             )
-        dtype = pred.dtype if pred.is_floating_point() else torch.float32
+        # half-precision predictions (AMP) are compared in float32: targets and errors keep full precision
+        dtype = pred.dtype if pred.dtype in (torch.float32, torch.float64) else torch.float32
         target = render_gaussian_heatmaps(
-            points.to(torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype),
-            self.sigma.to(pred.device),
+            points.to(dtype),
+            self.sigma.to(device=pred.device, dtype=dtype),
             pred.shape[2:],
             normalize=self.normalize,
             spacing=self.spacing,
-        ).to(dtype)
+        )
         per_sample = (pred.to(dtype) - target).pow(2).flatten(2).mean(dim=2)  # (B, L)
         present = ~torch.isnan(points).any(dim=-1).all(dim=-1)  # (B, L): any instance present
         masked = torch.where(present, per_sample, torch.zeros_like(per_sample))
