@@ -1,0 +1,184 @@
+"""Turn one input file into network inputs: the work a decoding worker process does.
+
+:func:`decode_file` reads every frame of a 2D X-ray DICOM file with
+:class:`~monai_adaloss.io.XRayDicomReader` (intensities in ``[0, 1]``, MONOCHROME2-like, layout
+``(X, Y)`` = (columns, rows)) and resizes the frames to the model's input size with MONAI's
+``Resize``, as the checkpoint's preprocessing says. It runs in a worker process, so that a decoder
+that crashes takes only that process down (see :mod:`.pool`); anything it returns must pickle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pydicom
+import torch
+from monai.transforms import Resize
+from monai.utils import InterpolateMode
+from pydicom.dataset import Dataset
+
+from ..io import DEFAULT_MAX_PIXELS, XRayDicomReader, read_all_frames
+from ..model_info import LandmarkModelInfo
+from .errors import InferenceConfigError
+
+__all__ = ["DecodeFailure", "DecodeFn", "DecodeSettings", "DecodedFile", "decode_file"]
+
+# header attributes an SR needs from its source image (highdicom copies the patient and study ones)
+_SR_SOURCE_KEYWORDS = (
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "NumberOfFrames",
+    "SpecificCharacterSet", "PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber",
+    "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName",
+)  # fmt: skip
+_TYPE2_KEYWORDS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+                   "StudyDate", "StudyTime")  # fmt: skip
+_UID_KEYWORDS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
+_PREPROCESSING_KEYS = ("reader", "apply_voi_lut", "resize_mode", "anti_aliasing", "intensity", "channels")
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """How a file becomes network inputs (from the checkpoint's ``preprocessing``), plus what to keep.
+
+    Attributes:
+        input_size: the network's input grid ``(X, Y)``, tensor-axis order.
+        apply_voi_lut: apply the file's VOI LUT/window (``XRayDicomReader``).
+        resize_mode: MONAI ``Resize`` interpolation mode (``align_corners`` is left at MONAI's default).
+        anti_aliasing: MONAI ``Resize`` anti-aliasing when down-sampling.
+        max_pixels: files with more than Rows x Columns x NumberOfFrames pixels are rejected.
+        keep_header: return the header attributes an SR references (for ``write_sr``).
+        keep_display: return the frames at full resolution as uint8 (for overlays).
+    """
+
+    input_size: tuple[int, int]
+    apply_voi_lut: bool = True
+    resize_mode: str = InterpolateMode.AREA.value
+    anti_aliasing: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    keep_header: bool = False
+    keep_display: bool = False
+
+    @classmethod
+    def from_model_info(cls, info: LandmarkModelInfo, **kwargs: Any) -> DecodeSettings:
+        """Read ``info.preprocessing`` and ``info.input_size``; ``kwargs`` set the other fields.
+
+        Known preprocessing keys: ``reader`` (``"XRayDicomReader"``), ``apply_voi_lut`` (default
+        true), ``resize_mode`` (default ``"area"``, MONAI ``Resize``'s default), ``anti_aliasing``
+        (default false), ``intensity`` (``"[0, 1]"``, what the reader gives) and ``channels`` (1).
+
+        Raises:
+            InferenceConfigError: a 2D input size is missing, or a key or value is not one inference
+                can apply (applying part of a preprocessing would give wrong results silently).
+        """
+        pre: Mapping[str, Any] = info.preprocessing
+        unknown = sorted(set(pre) - set(_PREPROCESSING_KEYS))
+        if unknown:
+            raise InferenceConfigError(
+                f"The checkpoint's preprocessing has keys inference cannot apply: {unknown} "
+                f"(known: {list(_PREPROCESSING_KEYS)})."
+            )
+        expected = {"reader": "XRayDicomReader", "intensity": "[0, 1]", "channels": 1}
+        for key, value in expected.items():
+            if key in pre and pre[key] != value:
+                raise InferenceConfigError(
+                    f"The checkpoint's preprocessing `{key}` is {pre[key]!r}; inference supports {value!r}."
+                )
+        if len(info.input_size) != 2:
+            raise InferenceConfigError(f"DICOM X-ray inference needs a 2D `input_size`, got {list(info.input_size)}.")
+        mode = str(pre.get("resize_mode", cls.resize_mode))
+        if mode not in {m.value for m in InterpolateMode}:
+            raise InferenceConfigError(f"The checkpoint's preprocessing `resize_mode` {mode!r} is not a MONAI mode.")
+        return cls(
+            input_size=(int(info.input_size[0]), int(info.input_size[1])),
+            apply_voi_lut=bool(pre.get("apply_voi_lut", True)),
+            resize_mode=mode,
+            anti_aliasing=bool(pre.get("anti_aliasing", False)),
+            **kwargs,
+        )
+
+
+@dataclass
+class DecodedFile:
+    """One decoded input file.
+
+    Attributes:
+        path: the file.
+        images: ``(F, 1, *input_size)`` float32 network inputs, one per frame, in frame order.
+        original_size: ``(X, Y)`` = (Columns, Rows) of the file's frames.
+        spacing: ``(column spacing, row spacing)`` in mm per pixel, ``None`` when unknown.
+        spacing_source: the tag (rule) that gave the spacing, ``"none"`` when unknown.
+        uids: ``SOPInstanceUID``, ``SeriesInstanceUID``, ``StudyInstanceUID`` as stored ("" if absent).
+        header: the attributes an SR needs (with ``keep_header``), else ``None``.
+        display: ``(F, X, Y)`` uint8 frames at full resolution (with ``keep_display``), else ``None``.
+    """
+
+    path: str
+    images: np.ndarray
+    original_size: tuple[int, int]
+    spacing: tuple[float, float] | None
+    spacing_source: str
+    uids: dict[str, str]
+    header: Dataset | None = None
+    display: np.ndarray | None = None
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.images.shape[0])
+
+
+@dataclass(frozen=True)
+class DecodeFailure:
+    """An input file that could not be decoded.
+
+    Attributes:
+        path: the file.
+        reason: what is wrong, for the errors file.
+        error: the error's kind: an exception class name, ``"DecoderCrash"`` or ``"DecoderTimeout"``.
+    """
+
+    path: str
+    reason: str
+    error: str
+
+
+DecodeFn = Callable[[str, DecodeSettings], DecodedFile]
+"""A module-level function ``(path, settings) -> DecodedFile`` that raises on a bad file."""
+
+
+def decode_file(path: str, settings: DecodeSettings) -> DecodedFile:
+    """Read every frame of ``path`` and resize it to the network's input grid.
+
+    Raises:
+        DicomReadError: for any problem with the file (see :mod:`monai_adaloss.io.dicom`).
+    """
+    reader = XRayDicomReader(apply_voi_lut=settings.apply_voi_lut, max_pixels=settings.max_pixels)
+    frames, meta = read_all_frames(path, reader)  # (F, X, Y) in [0, 1]
+    resize = Resize(settings.input_size, mode=settings.resize_mode, anti_aliasing=settings.anti_aliasing)
+    images = torch.as_tensor(resize(torch.from_numpy(frames))).numpy()  # frames as channels: one Resize per frame
+    spacing_source = str(meta["spacing_source"])
+    spacing = None if spacing_source == "none" else (float(meta["spacing"][0]), float(meta["spacing"][1]))
+    return DecodedFile(
+        path=path,
+        images=np.ascontiguousarray(images[:, None], dtype=np.float32),
+        original_size=(int(frames.shape[1]), int(frames.shape[2])),
+        spacing=spacing,
+        spacing_source=spacing_source,
+        uids={keyword: str(meta[keyword]) for keyword in _UID_KEYWORDS},
+        header=_sr_source_header(path) if settings.keep_header else None,
+        display=np.rint(frames * 255.0).astype(np.uint8) if settings.keep_display else None,
+    )
+
+
+def _sr_source_header(path: str) -> Dataset:
+    """The attributes of ``path`` an SR references, with empty Type 2 patient/study attributes where absent."""
+    full = pydicom.dcmread(path, stop_before_pixels=True)
+    header = Dataset()
+    for keyword in _SR_SOURCE_KEYWORDS:
+        if keyword in full:
+            setattr(header, keyword, full[keyword].value)
+    for keyword in _TYPE2_KEYWORDS:
+        if keyword not in header:
+            setattr(header, keyword, "")
+    return header

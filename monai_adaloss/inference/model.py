@@ -1,0 +1,199 @@
+"""Load a trained landmark model from its checkpoint: network, model info and identity.
+
+The checkpoint is a dict loaded with ``torch.load(path, weights_only=True)`` (no pickled code):
+``{"model": network.state_dict(), "model_info": LandmarkModelInfo.state_dict(), ...}`` (training
+checkpoints hold more entries; they are ignored). The network is rebuilt from
+``model_info["network"]``, a MONAI-config-style dict, with ``monai.bundle.ConfigParser``. Because a
+config can name any callable, the dict is checked first: its ``_target_`` values must lie in
+``network_modules`` and it may hold no ``$`` expressions, ``@`` references or ``%`` macros, so a
+checkpoint cannot run code of its choosing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.bundle import ConfigParser
+from torch import nn
+
+from ..model_info import LandmarkModelInfo
+from .errors import InferenceConfigError
+
+__all__ = ["DEFAULT_NETWORK_MODULES", "LandmarkModel", "build_network", "load_checkpoint"]
+
+DEFAULT_NETWORK_MODULES: tuple[str, ...] = ("monai_adaloss.networks", "monai.networks.nets")
+"""Modules whose classes and functions a checkpoint's ``model_info["network"]`` may name."""
+
+_WEIGHT_KEYS = ("model", "network")  # the bundle's contract is "model"; `network` is what CheckpointSaver examples use
+
+
+@dataclass
+class LandmarkModel:
+    """A trained model ready for inference.
+
+    Attributes:
+        network: the network with its trained weights, in eval mode, on the CPU.
+        info: what the checkpoint carries for pre-processing and decoding.
+        checkpoint: the checkpoint file.
+        sha256: hex SHA-256 of the checkpoint file (the model's identity in every output).
+    """
+
+    network: nn.Module
+    info: LandmarkModelInfo
+    checkpoint: str
+    sha256: str
+
+    @property
+    def model_id(self) -> str:
+        """The short identity written in every record: the first 16 hex digits of ``sha256``."""
+        return self.sha256[:16]
+
+    def identity(self) -> dict[str, Any]:
+        """Plain-value description of the model for ``run.json`` and ``summary.json``."""
+        info = self.info
+        return {
+            "checkpoint": self.checkpoint,
+            "sha256": self.sha256,
+            "landmark_names": [str(n) for n in info.landmark_names],
+            "input_size": [int(s) for s in info.input_size],
+            "max_instances": int(info.max_instances),
+            "sigma": info.current_sigma(),
+            "normalize": info.normalize,
+            "preprocessing": dict(info.preprocessing),
+            "decoding": dict(info.decoding),
+        }
+
+
+def load_checkpoint(
+    checkpoint: str | os.PathLike,
+    network: nn.Module | None = None,
+    network_modules: Sequence[str] = DEFAULT_NETWORK_MODULES,
+) -> LandmarkModel:
+    """Load a checkpoint (``weights_only=True``) into a :class:`LandmarkModel`.
+
+    Args:
+        checkpoint: the checkpoint file.
+        network: a network to load the weights into (e.g. a bundle's ``network_def``); ``None``
+            builds it from the model info with :func:`build_network`. The weights must match it
+            exactly (``strict=True``).
+        network_modules: modules the model info's network config may name.
+
+    Raises:
+        InferenceConfigError: the file is missing or unreadable, holds no weights or no model info,
+            names a network outside ``network_modules``, or its weights do not fit the network.
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise InferenceConfigError(f"Checkpoint `{path}` does not exist.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise InferenceConfigError(f"Cannot load checkpoint `{path}` with weights_only=True: {err}") from err
+    if not isinstance(state, Mapping):
+        raise InferenceConfigError(f"Checkpoint `{path}` holds a {type(state).__name__}, expected a dict.")
+    info = _model_info(path, state)
+    weights_key = next((key for key in _WEIGHT_KEYS if key in state), None)
+    if weights_key is None:
+        raise InferenceConfigError(f"Checkpoint `{path}` holds no `model` weights (keys: {sorted(state)}).")
+    if network is None:
+        network = build_network(info, network_modules)
+    try:
+        network.load_state_dict(state[weights_key], strict=True)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise InferenceConfigError(f"The weights in `{path}` do not fit the network: {err}") from err
+    return LandmarkModel(network=network.eval(), info=info, checkpoint=str(path.absolute()), sha256=_sha256(path))
+
+
+def build_network(
+    model_info: LandmarkModelInfo | str | os.PathLike, network_modules: Sequence[str] = DEFAULT_NETWORK_MODULES
+) -> nn.Module:
+    """Build the (untrained) network that a checkpoint's model info describes.
+
+    Args:
+        model_info: the model info, or a checkpoint file holding it.
+        network_modules: modules whose callables ``model_info.network`` may name.
+
+    Raises:
+        InferenceConfigError: the config names a callable outside ``network_modules``, holds an
+            expression/reference/macro, or does not build an ``nn.Module``.
+    """
+    if not isinstance(model_info, LandmarkModelInfo):
+        path = Path(model_info)
+        if not path.is_file():
+            raise InferenceConfigError(f"Checkpoint `{path}` does not exist.")
+        model_info = _model_info(path, torch.load(path, map_location="cpu", weights_only=True))
+    config = dict(model_info.network)
+    _check_network_config(config, tuple(network_modules), "network")
+    try:
+        network = ConfigParser({"network": config}).get_parsed_content("network", instantiate=True)
+    except Exception as err:
+        raise InferenceConfigError(f"Cannot build the network from the model info {config}: {err}") from err
+    if not isinstance(network, nn.Module):
+        raise InferenceConfigError(f"The model info's network config built a {type(network).__name__}, not a Module.")
+    return network
+
+
+def _model_info(path: Path, state: Mapping[str, Any]) -> LandmarkModelInfo:
+    if "model_info" not in state:
+        raise InferenceConfigError(f"Checkpoint `{path}` holds no `model_info` entry (keys: {sorted(state)}).")
+    try:
+        return LandmarkModelInfo.from_state_dict(state["model_info"])
+    except (ValueError, TypeError, KeyError) as err:
+        raise InferenceConfigError(f"Checkpoint `{path}` has an invalid `model_info`: {err}") from err
+
+
+def _check_network_config(value: Any, modules: tuple[str, ...], where: str) -> None:
+    """Reject callables outside ``modules`` and every expression, reference or macro."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if key == "_target_":
+                _check_target(item, modules, where)
+            elif isinstance(key, str) and key.startswith("_"):
+                raise InferenceConfigError(
+                    f"The model info's network config holds the special key `{key}` at `{where}`."
+                )
+            else:
+                _check_network_config(item, modules, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_network_config(item, modules, f"{where}[{index}]")
+    elif isinstance(value, str) and value[:1] in ("$", "@", "%"):
+        raise InferenceConfigError(
+            f"The model info's network config holds the expression or reference {value!r} at `{where}`; "
+            "only plain values are allowed."
+        )
+
+
+def _check_target(target: Any, modules: tuple[str, ...], where: str) -> None:
+    """``target`` must be ``module.name`` with ``module`` in ``modules`` and name a Module class or a function of it."""
+    module_name, _, name = target.rpartition(".") if isinstance(target, str) else ("", "", "")
+    allowed = False
+    if module_name in modules:
+        try:
+            obj = getattr(importlib.import_module(module_name), name, None)
+        except ImportError:
+            obj = None
+        defined_in = getattr(obj, "__module__", None) or ""
+        from_module = defined_in == module_name or defined_in.startswith(module_name + ".")
+        allowed = from_module and ((inspect.isclass(obj) and issubclass(obj, nn.Module)) or inspect.isfunction(obj))
+    if not allowed:
+        raise InferenceConfigError(
+            f"The model info's network config names `{target}` at `{where}`; a checkpoint may only name network "
+            f"classes and functions defined in {list(modules)}."
+        )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,355 @@
+"""The inference runner: files -> decoding workers -> batched network -> heatmap decoding -> records.
+
+One code path serves ``monai-adaloss infer``, the Python API and the bundle's ``evaluator``:
+
+1. The input files are listed (:class:`~.inputs.InputFiles`), sorted, and sharded by rank
+   (``files[rank::world_size]``, ranks from ``torch.distributed`` or the ``RANK``/``WORLD_SIZE``
+   variables ``torchrun`` sets). With ``resume``, files in a manifest are skipped.
+2. :class:`~.pool.DecodePool` workers decode each file (every frame) and resize it to the model's
+   input size (:func:`~.decode.decode_file`); a crash or hang costs only that file.
+3. A ``DataLoader`` batches the frames of consecutive files; the network runs under
+   ``torch.inference_mode`` (AMP float16 on CUDA) through the ``inferer``; heatmaps are decoded
+   (:class:`~.heatmap_points.HeatmapDecoder`) and the points are mapped back to the original pixels.
+4. When all frames of a file are done, its SR and overlays (optional) are written, then its
+   records are committed (:class:`~.outputs.PartWriter`); failures go to the errors file.
+5. At the end (on rank 0 after a barrier when sharded), :func:`~.outputs.merge_outputs` writes the
+   final JSONL, CSV and JSON summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.inferers import Inferer, SimpleInferer
+from torch import nn
+from torch.utils.data import DataLoader, IterableDataset
+from tqdm import tqdm
+
+from .decode import DecodedFile, DecodeFailure, DecodeFn, DecodeSettings, decode_file
+from .errors import ExitCode, InferenceConfigError
+from .heatmap_points import HeatmapDecoder
+from .inputs import InputFiles
+from .model import DEFAULT_NETWORK_MODULES, LandmarkModel, load_checkpoint
+from .outputs import ERRORS, SUMMARY, PartWriter, merge_outputs, part_dirs, read_done
+from .overlays import write_overlays
+from .pool import DecodePool, Outcome
+from .records import check_uids, file_records, network_to_original
+from .sharding import ShardGroup, shard
+from .sr import write_structured_report
+
+__all__ = ["InferenceRunner", "InferenceSummary"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class InferenceSummary:
+    """What one process's :meth:`InferenceRunner.run` did.
+
+    Attributes:
+        output_dir: the output folder.
+        rank, world_size: this process's place in a sharded run (0, 1 otherwise).
+        succeeded, failed: files of this run (this process) with records / with an error line.
+        skipped: files of this shard skipped because an earlier run finished them (``resume``).
+        frames, records: frames inferred and records written by this run.
+        elapsed_s: wall time of ``run()``.
+        final: the merged summary (``summary.json``) on rank 0; ``None`` on other ranks.
+        exit_code: :class:`ExitCode` of the process: on rank 0, ``FILES_FAILED`` when a file of the
+            final outputs failed, else ``OK``; other ranks return ``OK`` when their shard is finished
+            (``torchrun`` exits with rank 0's code then).
+    """
+
+    output_dir: str
+    rank: int = 0
+    world_size: int = 1
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    frames: int = 0
+    records: int = 0
+    elapsed_s: float = 0.0
+    final: dict[str, Any] | None = None
+    exit_code: int = ExitCode.OK
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def line(self) -> str:
+        """The one-line report the command prints."""
+        who = f"rank {self.rank}/{self.world_size}: " if self.world_size > 1 else ""
+        text = (
+            f"monai-adaloss infer: {who}{self.succeeded + self.failed} files this run ({self.succeeded} succeeded, "
+            f"{self.failed} failed), {self.skipped} skipped (finished before); {self.frames} frames, "
+            f"{self.records} records in {self.elapsed_s:.1f} s ({self.frames_per_second:.1f} frames/s)"
+        )
+        if self.final is not None:
+            counts = self.final["counts"]
+            text += (
+                f"; outputs: {counts['files']} files, {counts['succeeded']} succeeded, {counts['failed']} failed, "
+                f"{counts['records']} records"
+            )
+            if counts["failed"]:
+                text += f" (reasons in {Path(self.output_dir) / ERRORS})"
+        return f"{text}; exit code {int(self.exit_code)}"
+
+
+class InferenceRunner:
+    """Run a trained landmark model over DICOM files (module docstring); the bundle's ``evaluator``.
+
+    Args:
+        checkpoint: the checkpoint (``models/model.pt`` of a bundle, or a training checkpoint).
+        inputs: files, folders (searched recursively), or an :class:`InputFiles` (list files).
+        output_dir: where the outputs go (see :mod:`.outputs`); SRs in ``sr/``, overlays in ``overlays/``.
+        network: the network to load the weights into (a bundle's ``network``); ``None`` builds it
+            from the checkpoint's model info.
+        inferer: runs the network on a batch ``(B, 1, *input_size) -> (B, L, *input_size)``;
+            default ``monai.inferers.SimpleInferer()``.
+        device: default ``cuda:{LOCAL_RANK}`` when CUDA is available, else CPU.
+        batch_size: frames per network call.
+        num_workers: decoding worker processes (0: decode in this process, without crash containment).
+        amp: float16 autocast on CUDA (ignored on CPU).
+        resume: skip the files the output folder's manifests list as finished, and continue its logs.
+        write_sr: write a DICOM Comprehensive SR (TID 1500) per image (:mod:`.sr`).
+        write_overlays: write a PNG per frame with the found landmarks (:mod:`.overlays`).
+        progress: show a progress bar (frames/s); default: when stderr is a terminal.
+        decode_timeout: seconds one file may take to decode before it fails; ``None``: no limit.
+        decode_fn: the per-file decoding function run in the workers (default :func:`decode_file`).
+        network_modules: modules a checkpoint's network config may name (see :mod:`.model`).
+
+    Raises:
+        InferenceConfigError: (from ``run``) the run cannot start; nothing was written then.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike,
+        inputs: InputFiles | str | os.PathLike | Sequence[str | os.PathLike],
+        output_dir: str | os.PathLike,
+        network: nn.Module | None = None,
+        inferer: Inferer | None = None,
+        device: str | torch.device | None = None,
+        batch_size: int = 16,
+        num_workers: int = 2,
+        amp: bool = True,
+        resume: bool = False,
+        write_sr: bool = False,
+        write_overlays: bool = False,
+        progress: bool | None = None,
+        decode_timeout: float | None = 300.0,
+        decode_fn: DecodeFn = decode_file,
+        network_modules: Sequence[str] = DEFAULT_NETWORK_MODULES,
+    ) -> None:
+        if batch_size < 1:
+            raise InferenceConfigError(f"Argument `batch_size` must be >= 1, got {batch_size}.")
+        if num_workers < 0:
+            raise InferenceConfigError(f"Argument `num_workers` must be >= 0, got {num_workers}.")
+        if decode_timeout is not None and decode_timeout <= 0:
+            raise InferenceConfigError(f"Argument `decode_timeout` must be positive or None, got {decode_timeout}.")
+        self.checkpoint = checkpoint
+        self.inputs = inputs if isinstance(inputs, InputFiles) else InputFiles(inputs)
+        self.output_dir = Path(output_dir).absolute()
+        self.network = network
+        self.inferer = inferer if inferer is not None else SimpleInferer()
+        self.device = device
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.amp = amp
+        self.resume = resume
+        self.write_sr = write_sr
+        self.write_overlays = write_overlays
+        self.progress = progress
+        self.decode_timeout = decode_timeout
+        self.decode_fn = decode_fn
+        self.network_modules = tuple(network_modules)
+
+    def run(self) -> InferenceSummary:
+        """Infer every input file of this process's shard and write the outputs; see the module docstring."""
+        started = time.perf_counter()
+        model = load_checkpoint(self.checkpoint, self.network, self.network_modules)
+        settings = DecodeSettings.from_model_info(
+            model.info, keep_header=self.write_sr, keep_display=self.write_overlays
+        )
+        decoder = HeatmapDecoder(model.info)
+        files = self.inputs.with_exclude(self.output_dir).files()
+        if not files:
+            raise InferenceConfigError(f"No input files found in {[str(p) for p in self.inputs.paths]}.")
+        with ShardGroup() as group:
+            summary = InferenceSummary(str(self.output_dir), group.rank, group.world_size)
+            part = self.output_dir if group.world_size == 1 else self.output_dir / f"part-{group.rank}"
+            if not self.resume and (part_dirs(self.output_dir) or (self.output_dir / SUMMARY).exists()):
+                raise InferenceConfigError(
+                    f"`{self.output_dir}` already holds inference outputs; pass --resume to continue that run, "
+                    "or choose another output folder."
+                )
+            group.barrier()  # every rank has looked before any rank writes
+            run_info = {"model": model.identity(), "rank": group.rank, "world_size": group.world_size}
+            writer = PartWriter(part, run_info, self.resume)
+            done = set(writer.done)
+            if self.resume:  # files another rank (or an earlier run with another world size) finished
+                done.update(path for other in part_dirs(self.output_dir) if other != part for path in read_done(other))
+            todo = shard(files, group.rank, group.world_size)
+            summary.skipped = sum(path in done for path in todo)
+            todo = [path for path in todo if path not in done]
+            finished = False
+            try:
+                self._infer(model, decoder, settings, todo, writer, summary)
+                finished = True
+            finally:
+                writer.close(finished)
+            group.barrier()  # every shard is finished
+            if group.rank == 0:
+                summary.final = merge_outputs(self.output_dir)
+                if summary.final["counts"]["failed"]:
+                    summary.exit_code = ExitCode.FILES_FAILED
+            group.barrier()  # ranks end together: torchrun stops every rank when one exits early with an error
+        summary.elapsed_s = time.perf_counter() - started
+        logger.info(summary.line())
+        return summary
+
+    def _infer(
+        self,
+        model: LandmarkModel,
+        decoder: HeatmapDecoder,
+        settings: DecodeSettings,
+        todo: list[str],
+        writer: PartWriter,
+        summary: InferenceSummary,
+    ) -> None:
+        device = self._device()
+        tracker = _FileTracker(writer, model, self.output_dir, self.write_sr, self.write_overlays, summary)
+        use_amp = self.amp and device.type == "cuda"
+        show = sys.stderr.isatty() if self.progress is None else self.progress
+        with (
+            DecodePool(self.decode_fn, settings, self.num_workers, self.decode_timeout) as pool,
+            tqdm(unit="frame", disable=not show, desc="infer", dynamic_ncols=True) as bar,
+            torch.inference_mode(),
+        ):
+            network = model.network.to(device).eval()  # after the workers have started: they need no CUDA state
+            frames = _FrameStream(pool.imap_unordered(todo), tracker)
+            loader = DataLoader(frames, batch_size=self.batch_size, num_workers=0, pin_memory=device.type == "cuda")
+            for images, file_ids, frame_indices in loader:
+                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                    heatmaps = self.inferer(images.to(device, non_blocking=True), network)
+                points, confidence = decoder(heatmaps.float())
+                tracker.add(file_ids.tolist(), frame_indices.tolist(), points.cpu(), confidence.cpu())
+                bar.update(len(images))
+                bar.set_postfix(files=f"{summary.succeeded + summary.failed}/{len(todo)}", failed=summary.failed)
+        if tracker.pending:
+            raise RuntimeError(f"{len(tracker.pending)} file(s) were decoded but not inferred")
+
+    def _device(self) -> torch.device:
+        if self.device is not None:
+            return torch.device(self.device)
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+
+
+@dataclass
+class _PendingFile:
+    decoded: DecodedFile
+    points: list[torch.Tensor | None] = field(default_factory=list)
+    confidence: list[torch.Tensor | None] = field(default_factory=list)
+    remaining: int = 0
+
+
+class _FileTracker:
+    """Collects each file's per-frame predictions and commits the file when its last frame is done."""
+
+    def __init__(
+        self,
+        writer: PartWriter,
+        model: LandmarkModel,
+        output_dir: Path,
+        write_sr: bool,
+        write_overlays: bool,
+        summary: InferenceSummary,
+    ) -> None:
+        self.writer = writer
+        self.model = model
+        self.sr_dir = output_dir / "sr" if write_sr else None
+        self.overlay_dir = output_dir / "overlays" if write_overlays else None
+        self.summary = summary
+        self.pending: dict[int, _PendingFile] = {}
+        self._next_id = 0
+
+    def start(self, outcome: Outcome) -> tuple[int, np.ndarray] | None:
+        """Register a decoded file and return ``(file id, its frames)``; a failure is committed, ``None``."""
+        if isinstance(outcome, DecodeFailure):
+            self._fail(outcome.path, outcome.reason, outcome.error)
+            return None
+        reason = check_uids(outcome.uids)
+        if reason is not None:
+            self._fail(outcome.path, reason, "InvalidUID")
+            return None
+        if outcome.num_frames == 0:
+            self._fail(outcome.path, "the decoder returned no frames", "NoFrames")
+            return None
+        file_id, self._next_id = self._next_id, self._next_id + 1
+        count = outcome.num_frames
+        self.pending[file_id] = _PendingFile(outcome, [None] * count, [None] * count, count)
+        return file_id, outcome.images
+
+    def add(self, file_ids: list[int], frames: list[int], points: torch.Tensor, confidence: torch.Tensor) -> None:
+        """Store a batch's predictions (``points (B, L, K, 2)`` in the network grid, ``confidence (B, L, K)``)."""
+        for row, (file_id, frame) in enumerate(zip(file_ids, frames, strict=True)):
+            pending = self.pending[file_id]
+            pending.points[frame], pending.confidence[frame] = points[row], confidence[row]
+            pending.remaining -= 1
+            if pending.remaining == 0:
+                self._finish(self.pending.pop(file_id))
+
+    def _finish(self, pending: _PendingFile) -> None:
+        decoded, info = pending.decoded, self.model.info
+        points = network_to_original(torch.stack(pending.points), info.input_size, decoded.original_size)
+        records = file_records(
+            decoded, points, torch.stack(pending.confidence), info.landmark_names, self.model.model_id
+        )
+        try:
+            if self.sr_dir is not None:
+                write_structured_report(self.sr_dir, decoded.header, records, info.landmark_names, self.model.sha256)
+            if self.overlay_dir is not None:
+                write_overlays(
+                    self.overlay_dir, decoded.display, records, info.landmark_names, decoded.uids["SOPInstanceUID"]
+                )
+        except Exception as err:  # a header highdicom rejects, a full disk, ...
+            self._fail(
+                decoded.path, f"cannot write the SR or overlays: {type(err).__name__}: {err}", type(err).__name__
+            )
+            return
+        self.writer.write_records(decoded.path, decoded.num_frames, records)
+        self.summary.succeeded += 1
+        self.summary.frames += decoded.num_frames
+        self.summary.records += len(records)
+
+    def _fail(self, path: str, reason: str, error: str) -> None:
+        logger.warning("%s: %s", path, reason)
+        self.writer.write_error(path, reason, error)
+        self.summary.failed += 1
+
+
+class _FrameStream(IterableDataset):
+    """The frames of the decoded files, one ``(image (1, *input_size), file id, frame index)`` at a time."""
+
+    def __init__(self, outcomes: Iterator[Outcome], tracker: _FileTracker) -> None:
+        self.outcomes = outcomes
+        self.tracker = tracker
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, int, int]]:
+        for outcome in self.outcomes:
+            started = self.tracker.start(outcome)
+            if started is None:
+                continue
+            file_id, images = started
+            for frame in range(images.shape[0]):
+                yield torch.from_numpy(images[frame]), file_id, frame
