@@ -6,6 +6,8 @@ import argparse
 from collections.abc import Sequence
 
 from . import __version__
+from .demo import add_demo_command, add_synth_command
+from .inference.command import add_infer_command
 
 __all__ = ["build_parser", "main"]
 
@@ -17,7 +19,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Adaloss heatmap landmark detection on MONAI: train, infer and evaluate landmark models.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_synth_command(subparsers)
+    add_infer_command(subparsers)
+    add_demo_command(subparsers)
     return parser
 
 

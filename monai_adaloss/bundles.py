@@ -1,0 +1,183 @@
+"""The MONAI bundles shipped with monai_adaloss, and the small helpers their configs call.
+
+Finding a bundle (:func:`bundle_path`): an installed wheel carries the bundles as package data in
+``monai_adaloss/bundles_data/<name>/`` (read with :mod:`importlib.resources`); a checkout (editable
+install or ``PYTHONPATH``) has them in ``bundles/<name>/`` next to the package. The package data is
+looked at first, the checkout second.
+
+Config helpers (called from ``configs/*.json`` as ``$monai_adaloss.bundles.<name>(...)``):
+
+- :func:`load_datalist`: a split of a MONAI-style landmark datalist, with image paths made absolute,
+  ``frame`` defaulting to 0 and a clear error when the datalist does not exist.
+- :func:`latest_checkpoint`: the newest full training checkpoint in a folder, for resuming.
+- :class:`ImageSpacingToPointsd`: copies the image's pixel spacing into the meta of its landmark
+  points, where :class:`~monai_adaloss.metrics.LandmarkDistanceMetric` reads it for mm errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Hashable, Mapping
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any
+
+from monai.config import KeysCollection
+from monai.data import MetaTensor, load_decathlon_datalist
+from monai.transforms import MapTransform
+
+__all__ = [
+    "BUNDLES_DATA_PACKAGE",
+    "ImageSpacingToPointsd",
+    "available_bundles",
+    "bundle_path",
+    "latest_checkpoint",
+    "load_datalist",
+]
+
+BUNDLES_DATA_PACKAGE = "monai_adaloss.bundles_data"
+"""The package (data only, no ``__init__.py``) that holds the bundles in an installed wheel."""
+
+_CHECKOUT = Path(__file__).resolve().parent.parent
+_EPOCH_CHECKPOINT = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
+
+
+def _bundle_roots() -> list[Traversable]:
+    """Folders that may hold bundles, in lookup order: the package data, then a checkout's ``bundles/``."""
+    roots: list[Traversable] = []
+    with contextlib.suppress(ModuleNotFoundError):  # absent in a checkout without a bundles_data mapping
+        roots.append(resources.files(BUNDLES_DATA_PACKAGE))
+    if (_CHECKOUT / "pyproject.toml").is_file():
+        roots.append(_CHECKOUT / "bundles")
+    return roots
+
+
+def _as_bundle(candidate: Traversable) -> Path | None:
+    """``candidate`` as a file-system path when it is a bundle folder (it has ``configs/metadata.json``)."""
+    path = Path(str(candidate))
+    return path if (path / "configs" / "metadata.json").is_file() else None
+
+
+def available_bundles() -> list[str]:
+    """Names of the bundles :func:`bundle_path` can find, sorted."""
+    return sorted(
+        {child.name for root in _bundle_roots() if root.is_dir() for child in root.iterdir() if _as_bundle(child)}
+    )
+
+
+def bundle_path(name: str) -> Path:
+    """The root folder of the bundle ``name`` (the folder holding ``configs/``, ``docs/``, ``LICENSE``).
+
+    Raises:
+        FileNotFoundError: naming the folders searched when no bundle of that name exists.
+    """
+    roots = _bundle_roots()
+    for root in roots:
+        found = _as_bundle(root.joinpath(name))
+        if found is not None:
+            return found
+    raise FileNotFoundError(
+        f"No bundle named {name!r} in {[str(r) for r in roots]}; available: {available_bundles()}."
+    )
+
+
+def load_datalist(datalist: str | os.PathLike, split: str, base_dir: str | os.PathLike | None = None) -> list[dict]:
+    """Read one split of a landmark datalist (the format of ``monai-adaloss synth``, see the bundle's README).
+
+    ``{"training": [entry, ...], "validation": [...], "test": [...]}`` with entries like
+    ``{"image": "training/000003.dcm", "frame": 2, "label": {"tip": [[x, y]]}}``: ``image`` relative
+    to ``base_dir`` (default: the datalist's folder), ``frame`` the 0-based frame of a multi-frame
+    file (default 0), ``label`` inline points ``(x, y) = (column, row)`` or a CSV/JSON file (see
+    :class:`~monai_adaloss.transforms.LoadLandmarks`).
+
+    Returns:
+        The split's entries (copies) with ``image`` (and ``label`` when it names an existing file)
+        made absolute and ``frame`` set.
+
+    Raises:
+        FileNotFoundError: when the datalist does not exist (saying how to make one).
+        ValueError: when the file is not a JSON object with a non-empty list under ``split``.
+    """
+    path = Path(datalist)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Datalist `{path}` does not exist. Make a synthetic dataset there with "
+            f"`monai-adaloss synth --output-dir {path.parent}`, or set `dataset_dir` (or `datalist`) to your own "
+            "data (format: the bundle's docs/README.md)."
+        )
+    content = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(content, dict) or not isinstance(content.get(split), list) or not content[split]:
+        splits = sorted(k for k, v in content.items() if isinstance(v, list)) if isinstance(content, dict) else []
+        raise ValueError(f"Datalist `{path}` has no entries under {split!r}; its lists are {splits}.")
+    entries = load_decathlon_datalist(
+        path, is_segmentation=False, data_list_key=split, base_dir=path.parent if base_dir is None else base_dir
+    )
+    return [{"frame": 0, **entry} for entry in entries]
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike) -> str:
+    """The full training checkpoint ``checkpoint_epoch=N.pt`` with the largest N in ``ckpt_dir``.
+
+    Raises:
+        FileNotFoundError: when there is none.
+    """
+    found = [
+        (int(match.group(1)), path)
+        for path in Path(ckpt_dir).glob("checkpoint_epoch=*.pt")
+        if (match := _EPOCH_CHECKPOINT.search(path.name))
+    ]
+    if not found:
+        raise FileNotFoundError(
+            f"No training checkpoint `checkpoint_epoch=N.pt` in `{ckpt_dir}` to resume from; "
+            "set `ckpt_path` to a checkpoint file or train without `resume`."
+        )
+    return str(max(found)[1])
+
+
+class ImageSpacingToPointsd(MapTransform):
+    """Put the pixel spacing of an image into the meta of its landmark points.
+
+    :class:`~monai_adaloss.metrics.LandmarkDistanceMetric` reads a per-sample spacing from the
+    ground truth's ``meta["spacing"]`` (it ignores a points tensor's own affine on purpose); the
+    readers keep the image's spacing in ``image.meta["spacing"]`` (``(D,)`` mm per voxel in
+    spatial-axis order, for DICOM ``(column spacing, row spacing)``). Use it on points that stay in
+    the image's original voxel grid: the spacing of a resized grid is different.
+
+    Args:
+        keys: keys of the points ``(L, K, D)``; they become MetaTensors if they are not.
+        image_key: key of the image whose ``meta["spacing"]`` is copied.
+        spacing_key: the meta key, in the image and in the points.
+        allow_missing_keys: don't raise an exception when a key is missing.
+
+    Raises (from ``__call__``):
+        KeyError: when the image is missing or has no ``spacing_key`` in its meta.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        image_key: str = "image",
+        spacing_key: str = "spacing",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.image_key = image_key
+        self.spacing_key = spacing_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        image = d.get(self.image_key)
+        if not isinstance(image, MetaTensor) or self.spacing_key not in image.meta:
+            raise KeyError(
+                f"ImageSpacingToPointsd needs a MetaTensor under {self.image_key!r} with meta[{self.spacing_key!r}]."
+            )
+        for key in self.key_iterator(d):
+            points = d[key] if isinstance(d[key], MetaTensor) else MetaTensor(d[key])
+            points = points.clone()
+            points.meta[self.spacing_key] = image.meta[self.spacing_key]
+            d[key] = points
+        return d

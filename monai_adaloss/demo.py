@@ -1,0 +1,493 @@
+"""The ``monai-adaloss synth`` and ``monai-adaloss demo`` commands.
+
+``synth`` writes a synthetic fluoroscopy DICOM dataset and its datalist
+(:func:`monai_adaloss.synthetic.make_dataset`), by default into ``data/catheter_tip_fluoro``: the
+``dataset_dir`` of the ``catheter_tip_fluoro`` bundle when it is run from the same folder.
+
+``demo`` runs the whole pipeline on the CPU in about ten minutes:
+
+1. a synthetic dataset (``synth``), frames of ``frame_size`` x ``frame_size`` pixels;
+2. training with the bundle's ``configs/train.json`` through MONAI's ``ConfigWorkflow`` (the code
+   path of ``python -m monai.bundle run``), with a smaller input grid, network and epoch count given
+   as config overrides (:data:`PROFILES`); the best validation model is ``models/model.pt``;
+3. inference on the test DICOMs with :class:`~monai_adaloss.inference.InferenceRunner`;
+4. tip errors in original pixels and mm (reader spacing) against the ground truth, next to the error
+   of guessing the image centre: a table (printed and ``results.md``), ``results.json``,
+   ``predictions.csv``, ``sigma_per_epoch.png`` (the paper's Figure 6) and ``overlays.png``.
+
+The demo fails (exit code 1) when the model's mean or median tip error is not below the centre
+guess's on the same test frames; it refuses (exit code 2) an output folder that is not empty.
+
+Points are ``(x, y)`` = (column, row) in pixels of the original frame (DESIGN.md section 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow
+from tqdm import tqdm
+
+from .bundles import bundle_path, load_datalist
+from .inference import InferenceRunner
+from .io import LoadDicomFrame
+from .plotting import plot_prediction_overlays, plot_sigma_history
+from .synthetic import FluoroscopyConfig, make_dataset
+
+__all__ = [
+    "BUNDLE_NAME",
+    "PROFILES",
+    "DemoProfile",
+    "DemoReport",
+    "FrameResult",
+    "add_demo_command",
+    "add_synth_command",
+    "make_synthetic_dataset",
+    "run_demo",
+]
+
+BUNDLE_NAME = "catheter_tip_fluoro"
+DEFAULT_DATASET_DIR = "data/catheter_tip_fluoro"
+_KEY_METRIC = "val_mean_dist_px"
+_OVERLAY_PANELS = 12
+_CSV_FIELDS = (
+    "image", "frame", "x_true", "y_true", "x_pred", "y_pred", "confidence", "error_px", "error_mm",
+    "centre_error_px", "centre_error_mm", "spacing_x_mm", "spacing_y_mm", "spacing_source",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DemoProfile:
+    """Sizes of a demo run.
+
+    Attributes:
+        n_train, n_val, n_test: frames per split.
+        frame_size: the synthetic frames are ``frame_size`` x ``frame_size`` pixels.
+        input_size: the network's input grid is ``input_size`` x ``input_size`` (sigma_0 = input_size / 4).
+        channels: U-Net feature channels per level (the bundle's ``network_channels``).
+        epochs: training epochs (validation after each).
+        batch_size: training batch size.
+    """
+
+    n_train: int
+    n_val: int
+    n_test: int
+    frame_size: int
+    input_size: int
+    channels: tuple[int, ...]
+    epochs: int
+    batch_size: int = 8
+
+
+PROFILES: dict[str, DemoProfile] = {
+    "cpu": DemoProfile(
+        n_train=300, n_val=40, n_test=60, frame_size=256, input_size=128, channels=(8, 16, 32), epochs=30, batch_size=4
+    ),
+    "tiny": DemoProfile(
+        n_train=8, n_val=4, n_test=4, frame_size=64, input_size=32, channels=(4, 8, 16), epochs=2, batch_size=4
+    ),
+}
+"""``cpu``: the measured ten-minute profile (docs/catheter_bundle.md); ``tiny``: a smoke test of every step."""
+
+
+@dataclass
+class FrameResult:
+    """One test frame: ground truth, prediction and errors (points ``(x, y)`` in original pixels, NaN if absent)."""
+
+    image: str
+    frame: int
+    truth: tuple[float, float]
+    prediction: tuple[float, float]
+    confidence: float
+    spacing: tuple[float, float]
+    spacing_source: str
+    centre: tuple[float, float]
+
+    def error(self, point: tuple[float, float], mm: bool = False) -> float:
+        """Distance from ``point`` to the truth in pixels (or mm with the frame's spacing); NaN if either is missing."""
+        scale = self.spacing if mm else (1.0, 1.0)
+        return math.hypot((point[0] - self.truth[0]) * scale[0], (point[1] - self.truth[1]) * scale[1])
+
+    def row(self) -> dict[str, Any]:
+        """The frame's ``predictions.csv`` row."""
+        return {
+            "image": self.image, "frame": self.frame, "x_true": self.truth[0], "y_true": self.truth[1],
+            "x_pred": self.prediction[0], "y_pred": self.prediction[1], "confidence": self.confidence,
+            "error_px": self.error(self.prediction), "error_mm": self.error(self.prediction, mm=True),
+            "centre_error_px": self.error(self.centre), "centre_error_mm": self.error(self.centre, mm=True),
+            "spacing_x_mm": self.spacing[0], "spacing_y_mm": self.spacing[1], "spacing_source": self.spacing_source,
+        }  # fmt: skip
+
+
+@dataclass
+class DemoReport:
+    """What a demo run measured and wrote."""
+
+    profile: DemoProfile
+    frames: list[FrameResult]
+    sigma_history: list[list[float]]
+    loss_history: list[list[float]]
+    val_history: list[float]
+    model_sigma: list[float]
+    timings_s: dict[str, float]
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def errors(self, which: str, mm: bool) -> np.ndarray:
+        """Errors of the ``"model"`` or the ``"centre"`` guess over frames with a truth and a prediction."""
+        values = [f.error(f.prediction if which == "model" else f.centre, mm) for f in self.frames]
+        return np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
+
+    def statistics(self, which: str) -> dict[str, float]:
+        """Mean, median and 95th percentile in px and mm."""
+        stats = {}
+        for unit, mm in (("px", False), ("mm", True)):
+            errors = self.errors(which, mm)
+            for name, value in (("mean", np.mean), ("median", np.median), ("p95", lambda e: np.percentile(e, 95))):
+                stats[f"{name}_{unit}"] = float(value(errors)) if errors.size else math.nan
+        return stats
+
+    @property
+    def misses(self) -> int:
+        """Test frames with a ground-truth tip but no prediction."""
+        return sum(math.isfinite(f.truth[0]) and not math.isfinite(f.prediction[0]) for f in self.frames)
+
+    @property
+    def sigma_updates(self) -> int:
+        """Epochs after which sigma changed (any landmark)."""
+        sigma = np.asarray(self.sigma_history)
+        return int((np.abs(np.diff(sigma, axis=0)) > 0).any(axis=1).sum())
+
+    @property
+    def passed(self) -> bool:
+        """The model's mean and median pixel errors are both below the centre guess's."""
+        model, centre = self.statistics("model"), self.statistics("centre")
+        return all(model[k] < centre[k] for k in ("mean_px", "median_px"))
+
+    def table(self) -> str:
+        """The results as a Markdown table plus a few lines."""
+        p = self.profile
+        lines = [
+            "| tip error on the test frames | mean px | median px | p95 px | mean mm | median mm | p95 mm |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for label, which in (("model", "model"), ("centre guess", "centre")):
+            s = self.statistics(which)
+            lines.append(
+                f"| {label} | {s['mean_px']:.2f} | {s['median_px']:.2f} | {s['p95_px']:.2f} | "
+                f"{s['mean_mm']:.2f} | {s['median_mm']:.2f} | {s['p95_mm']:.2f} |"
+            )
+        t = self.timings_s
+        lines += [
+            "",
+            f"- test frames: {len(self.errors('centre', False))} with a tip, {self.misses} without a prediction; "
+            f"errors in pixels of the original {p.frame_size}x{p.frame_size} frames",
+            f"- training: {p.n_train} frames, input {p.input_size}x{p.input_size}, channels {list(p.channels)}, "
+            f"{p.epochs} epochs; best validation epoch {int(np.argmin(self.val_history)) + 1} "
+            f"({min(self.val_history):.2f} px)",
+            f"- sigma: {self.sigma_updates} updates in {p.epochs} epochs, {self.sigma_history[0][0]:.2f} -> "
+            f"final {self.sigma_history[-1][0]:.2f} px of the input grid (model.pt: {self.model_sigma[0]:.2f})",
+            f"- wall time: {t['total']:.0f} s (data {t['data']:.0f} s, training {t['training']:.0f} s, "
+            f"inference {t['inference']:.0f} s) on {torch.get_num_threads()} torch thread(s)",
+            f"- result: {'PASS' if self.passed else 'FAIL'} (model vs centre guess, mean and median px)",
+        ]
+        return "\n".join(lines)
+
+
+def make_synthetic_dataset(
+    output_dir: str | os.PathLike,
+    n_train: int,
+    n_val: int,
+    n_test: int,
+    frame_size: int = 256,
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """:func:`~monai_adaloss.synthetic.make_dataset` with a progress bar of the DICOM files written.
+
+    Returns:
+        The path of ``datalist.json``.
+    """
+    config = FluoroscopyConfig(rows=frame_size, columns=frame_size)
+    output_dir = Path(output_dir)
+    result: dict[str, Any] = {}
+
+    def write() -> None:
+        try:
+            result["path"] = make_dataset(output_dir, n_train, n_val, n_test, config=config, seed=seed)
+        except BaseException as err:  # re-raised in the calling thread
+            result["error"] = err
+
+    worker = threading.Thread(target=write, daemon=True)
+    worker.start()
+    with tqdm(desc="synth", unit="file", disable=not progress, dynamic_ncols=True) as bar:
+        while worker.is_alive():
+            worker.join(timeout=0.5)
+            bar.update(len(list(output_dir.glob("*/*.dcm"))) - bar.n)
+    if "error" in result:
+        raise result["error"]
+    return result["path"]
+
+
+def _train(
+    datalist: Path, root: Path, profile: DemoProfile, seed: int, progress: bool
+) -> tuple[ConfigWorkflow, list[float]]:
+    """Train the bundle with the profile's overrides; return the finished workflow and the validation history."""
+    configs = bundle_path(BUNDLE_NAME) / "configs"
+    workflow = ConfigWorkflow(
+        config_file=str(configs / "train.json"),
+        meta_file=str(configs / "metadata.json"),
+        logging_file=False,
+        workflow_type="train",
+        bundle_root=str(root),
+        dataset_dir=str(datalist.parent),
+        input_size=[profile.input_size] * 2,
+        network_channels=list(profile.channels),
+        max_epochs=profile.epochs,
+        train_batch_size=profile.batch_size,
+        num_workers=0,
+        seed=seed,
+        progress_bar=progress,
+        **{"train::handlers::3::_disabled_": True, "validate::handlers::0::_disabled_": True},  # StatsHandlers
+    )
+    workflow.initialize()
+    missing = workflow.check_properties()
+    if missing:
+        raise RuntimeError(f"The bundle misses the required properties {missing}.")
+    trainer = workflow.parser.get_parsed_content("train::trainer")
+    evaluator = workflow.parser.get_parsed_content("validate::evaluator")
+    val_history: list[float] = []
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def report(engine: Any) -> None:
+        val_history.append(float(evaluator.state.metrics[_KEY_METRIC]))
+        sigma = ", ".join(f"{v:.2f}" for k, v in engine.state.metrics.items() if k.startswith("sigma/"))
+        tqdm.write(
+            f"epoch {engine.state.epoch}/{engine.state.max_epochs}: loss {engine.state.output['loss'].item():.3g}, "
+            f"next sigma {sigma} px, validation mean tip error {val_history[-1]:.2f} px "
+            f"(best {min(val_history):.2f})"
+        )
+
+    workflow.run()
+    workflow.finalize()
+    return workflow, val_history
+
+
+def _predict(
+    model_path: Path, entries: list[dict], output_dir: Path, loader: LoadDicomFrame, progress: bool
+) -> list[FrameResult]:
+    """Run :class:`InferenceRunner` on the entries' files and pair each frame's tip with its ground truth."""
+    images = sorted({entry["image"] for entry in entries})
+    InferenceRunner(
+        checkpoint=model_path, inputs=images, output_dir=output_dir, num_workers=0, progress=progress
+    ).run()
+    found = {}
+    with (output_dir / "records.jsonl").open(encoding="utf-8") as stream:
+        for line in stream:
+            record = json.loads(line)
+            if record["landmark"] == "tip" and record["instance"] == 0:
+                point = (math.nan, math.nan) if record["x"] is None else (record["x"], record["y"])
+                found[(str(Path(record["path"]).resolve()), record["frame"])] = (point, record["confidence"])
+    results = []
+    for entry in tqdm(entries, desc="score", unit="frame", disable=not progress, dynamic_ncols=True):
+        image = loader(entry["image"], entry["frame"])
+        tips = entry["label"]["tip"]
+        point, confidence = found.get((str(Path(entry["image"]).resolve()), entry["frame"]), ((math.nan,) * 2, 0.0))
+        results.append(
+            FrameResult(
+                image=str(entry["image"]),
+                frame=int(entry["frame"]),
+                truth=tuple(tips[0]) if tips else (math.nan, math.nan),
+                prediction=tuple(point),
+                confidence=float(confidence),
+                spacing=tuple(float(s) for s in image.meta["spacing"]),
+                spacing_source=str(image.meta["spacing_source"]),
+                centre=tuple((s - 1) / 2.0 for s in image.shape),
+            )
+        )
+    return results
+
+
+def _overlays(frames: list[FrameResult], out_png: Path, loader: LoadDicomFrame) -> Path:
+    """Draw up to :data:`_OVERLAY_PANELS` test frames spread over the test set."""
+    picks = [frames[i] for i in np.linspace(0, len(frames) - 1, min(_OVERLAY_PANELS, len(frames))).round().astype(int)]
+    return plot_prediction_overlays(
+        [loader(f.image, f.frame).numpy() for f in picks],
+        [f.prediction for f in picks],
+        [f.truth for f in picks],
+        out_png,
+        titles=[f"{Path(f.image).name} f{f.frame}: {f.error(f.prediction):.1f} px" for f in picks],
+    )
+
+
+def run_demo(output_dir: str | os.PathLike, profile: DemoProfile, seed: int = 0, progress: bool = True) -> DemoReport:
+    """Synthetic data -> bundle training -> inference on the test DICOMs -> errors, table and figures.
+
+    Writes into ``output_dir``: ``data/`` (DICOMs, ``datalist.json``), ``bundle/models/`` (``model.pt``
+    and the last training checkpoint), ``bundle/eval/`` (TensorBoard), ``inference/`` (the runner's
+    records), ``predictions.csv``, ``sigma_per_epoch.png``, ``overlays.png``, ``results.md`` and
+    ``results.json``.
+
+    Raises:
+        FileExistsError: when ``output_dir`` exists and is not empty (nothing is overwritten).
+    """
+    output_dir = Path(output_dir).absolute()
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise FileExistsError(f"Demo output folder `{output_dir}` is not empty; choose another one or delete it.")
+    started = time.perf_counter()
+    datalist = make_synthetic_dataset(
+        output_dir / "data", profile.n_train, profile.n_val, profile.n_test, profile.frame_size, seed, progress
+    )
+    data_done = time.perf_counter()
+    workflow, val_history = _train(datalist, output_dir / "bundle", profile, seed, progress)
+    train_done = time.perf_counter()
+    model_path = output_dir / "bundle" / "models" / "model.pt"
+    loader = LoadDicomFrame()
+    frames = _predict(model_path, load_datalist(datalist, "test"), output_dir / "inference", loader, progress)
+    infer_done = time.perf_counter()
+
+    schedule = workflow.parser.get_parsed_content("adaloss_schedule")
+    names = workflow.parser.get_parsed_content("landmark_names")
+    model_info = torch.load(model_path, map_location="cpu", weights_only=True)["model_info"]
+    report = DemoReport(
+        profile=profile,
+        frames=frames,
+        sigma_history=schedule.sigma_history.tolist(),
+        loss_history=schedule.loss_history.tolist(),
+        val_history=val_history,
+        model_sigma=list(model_info["sigma"]),
+        timings_s={
+            "data": data_done - started, "training": train_done - data_done, "inference": infer_done - train_done
+        },
+    )
+    report.outputs = {
+        "predictions": str(_write_predictions(frames, output_dir / "predictions.csv")),
+        "sigma_plot": str(
+            plot_sigma_history(schedule.sigma_history, names, output_dir / "sigma_per_epoch.png", schedule.loss_history)
+        ),
+        "overlays": str(_overlays(frames, output_dir / "overlays.png", loader)),
+        "model": str(model_path),
+        "table": str(output_dir / "results.md"),
+        "results": str(output_dir / "results.json"),
+    }
+    report.timings_s["total"] = time.perf_counter() - started
+    Path(report.outputs["table"]).write_text(report.table() + "\n", encoding="utf-8")
+    Path(report.outputs["results"]).write_text(json.dumps(_summary(report), indent=1) + "\n", encoding="utf-8")
+    return report
+
+
+def _write_predictions(frames: list[FrameResult], path: Path) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as stream:
+        writer = csv.DictWriter(stream, fieldnames=_CSV_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for frame in frames:
+            writer.writerow({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in frame.row().items()})
+    return path
+
+
+def _summary(report: DemoReport) -> dict[str, Any]:
+    """``results.json``: the profile, statistics, sigma history, timings and output paths."""
+    return {
+        "profile": asdict(report.profile),
+        "model": report.statistics("model"),
+        "centre_guess": report.statistics("centre"),
+        "test_frames": len(report.frames),
+        "misses": report.misses,
+        "sigma_updates": report.sigma_updates,
+        "sigma_history": report.sigma_history,
+        "final_sigma": report.sigma_history[-1],
+        "model_sigma": report.model_sigma,
+        "val_mean_dist_px": report.val_history,
+        "timings_s": report.timings_s,
+        "torch_threads": torch.get_num_threads(),
+        "passed": report.passed,
+        "outputs": report.outputs,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------- CLI
+
+
+def add_synth_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``synth`` to the ``monai-adaloss`` sub-commands."""
+    parser = subparsers.add_parser(
+        "synth",
+        help="write a synthetic fluoroscopy DICOM dataset with a datalist",
+        description=(
+            "Write synthetic X-ray fluoroscopy DICOM files (one catheter tip per frame) and datalist.json "
+            f"(training / validation / test). The default output is the `dataset_dir` of the {BUNDLE_NAME} "
+            "bundle when it is run from this folder."
+        ),
+    )
+    parser.add_argument("--output-dir", "-o", default=DEFAULT_DATASET_DIR, help=f"default {DEFAULT_DATASET_DIR}")
+    parser.add_argument("--n-train", type=int, default=300, help="training frames (default 300)")
+    parser.add_argument("--n-val", type=int, default=60, help="validation frames (default 60)")
+    parser.add_argument("--n-test", type=int, default=60, help="test frames (default 60)")
+    parser.add_argument("--size", type=int, default=256, help="frame rows and columns (default 256)")
+    parser.add_argument("--seed", type=int, default=0, help="the same seed writes the same files (default 0)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_run_synth_command)
+    return parser
+
+
+def _run_synth_command(args: argparse.Namespace) -> int:
+    path = make_synthetic_dataset(
+        args.output_dir, args.n_train, args.n_val, args.n_test, args.size, args.seed, progress=not args.quiet
+    )
+    print(f"monai-adaloss synth: {args.n_train}/{args.n_val}/{args.n_test} frames, datalist {path}")
+    return 0
+
+
+def add_demo_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``demo`` to the ``monai-adaloss`` sub-commands."""
+    parser = subparsers.add_parser(
+        "demo",
+        help="synthetic data -> train the catheter bundle on the CPU -> infer on the test DICOMs -> report",
+        description=(
+            f"Generate synthetic fluoroscopy DICOMs, train the {BUNDLE_NAME} bundle (configs/train.json with a "
+            "CPU-sized profile), infer on the test DICOMs, and report tip errors against guessing the image centre. "
+            "Exits 1 when the model is not better than the centre guess."
+        ),
+    )
+    parser.add_argument("--output-dir", "-o", default="runs/demo", help="default runs/demo")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu", help="sizes (default cpu)")
+    parser.add_argument("--tiny", dest="profile", action="store_const", const="tiny", help="same as --profile tiny")
+    parser.add_argument("--epochs", type=int, help="override the profile's epochs")
+    parser.add_argument("--n-train", type=int, help="override the profile's training frames")
+    parser.add_argument("--input-size", type=int, help="override the profile's network input size")
+    parser.add_argument("--batch-size", type=int, help="override the profile's training batch size")
+    parser.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: at most 2)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    parser.set_defaults(func=_run_demo_command)
+    return parser
+
+
+def _run_demo_command(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads or min(2, os.cpu_count() or 1))
+    overrides = {
+        "epochs": args.epochs, "n_train": args.n_train, "input_size": args.input_size, "batch_size": args.batch_size
+    }
+    profile = replace(PROFILES[args.profile], **{k: v for k, v in overrides.items() if v is not None})
+    try:
+        report = run_demo(args.output_dir, profile, seed=args.seed, progress=not args.quiet)
+    except FileExistsError as err:
+        print(f"monai-adaloss demo: {err}")
+        return 2
+    print(report.table())
+    print("outputs: " + ", ".join(f"{k} {v}" for k, v in report.outputs.items()))
+    return 0 if report.passed else 1
+

@@ -1,0 +1,356 @@
+"""The catheter_tip_fluoro MONAI bundle on tiny synthetic DICOM data (64x64 frames, 32x32 input, 4-8-16 channels).
+
+- metadata.json against every mandatory key and type of MONAI's bundle schema (meta_schema_20240725.json:
+  not shipped with MONAI, and ``monai.bundle.verify_metadata`` downloads it, so the schema's rules are written
+  out here);
+- train.json through ``ConfigWorkflow(workflow_type="train")``: properties, ``models/model.pt`` (weights-only
+  ``{"model", "model_info"}`` with the sigma of the best epoch, loadable by the inference code), the full
+  checkpoint, sigma in TensorBoard, resuming from the latest checkpoint;
+- evaluate.json through ``ConfigWorkflow(workflow_type="eval")``;
+- the validation post-processing maps a perfect network-grid prediction back to the original pixels exactly;
+- a clear error when the datalist is missing;
+- multi_gpu_train.json with two gloo processes (``torch.distributed.run``) on the CPU;
+- ``monai_adaloss.bundles`` helpers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+from monai.data import decollate_batch, list_data_collate
+from monai.engines.utils import engine_apply_transform
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from monai_adaloss.bundles import available_bundles, bundle_path, latest_checkpoint, load_datalist
+from monai_adaloss.inference import load_checkpoint
+from monai_adaloss.synthetic import FluoroscopyConfig, make_dataset
+from monai_adaloss.transforms import GaussianHeatmapd
+
+BUNDLE = bundle_path("catheter_tip_fluoro")
+CONFIGS = BUNDLE / "configs"
+TINY = {
+    "input_size": [32, 32],
+    "network_channels": [4, 8, 16],
+    "num_workers": 0,
+    "train_batch_size": 4,
+    "val_batch_size": 4,
+}
+EPOCHS = 5  # sigma's first update is after window + 1 = 4 epochs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread() -> Iterator[None]:
+    """Tiny networks run faster, and much steadier on a busy machine, with one intra-op thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 training, 4 validation and 4 test frames of 64x64 pixels (some multi-frame, compressed, MONOCHROME1)."""
+    root = tmp_path_factory.mktemp("catheter_data")
+    make_dataset(root, 8, 4, 4, config=FluoroscopyConfig(rows=64, columns=64), seed=3)
+    return root
+
+
+def workflow(config_files: list[str], workflow_type: str, bundle_root: Path, dataset_dir: Path, **override: Any):
+    """A ``ConfigWorkflow`` of the bundle's configs with the tiny overrides, initialised."""
+    wf = ConfigWorkflow(
+        config_file=[str(CONFIGS / name) for name in config_files],
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=False,
+        workflow_type=workflow_type,
+        bundle_root=str(bundle_root),
+        dataset_dir=str(dataset_dir),
+        **{**TINY, **override},
+    )
+    wf.initialize()
+    return wf
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, dataset_dir: Path) -> dict[str, Any]:
+    """train.json run for EPOCHS epochs; what the tests need from it."""
+    root = tmp_path_factory.mktemp("bundle_root")
+    wf = workflow(["train.json"], "train", root, dataset_dir, max_epochs=EPOCHS)
+    missing = wf.check_properties()
+    wf.run()
+    evaluator = wf.parser.get_parsed_content("validate::evaluator")
+    result = {
+        "root": root,
+        "missing": missing,
+        "sigma_history": wf.parser.get_parsed_content("adaloss_schedule").sigma_history,
+        "best_epoch": evaluator.state.best_metric_epoch,
+        "best_metric": evaluator.state.best_metric,
+        "metrics": dict(evaluator.state.metrics),
+    }
+    wf.finalize()
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ metadata
+
+# meta_schema_20240725.json (https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/): the
+# required top-level keys with their JSON types, and the required keys of a tensor in network_data_format
+SCHEMA_REQUIRED = {
+    "schema": str,
+    "version": str,
+    "monai_version": str,
+    "pytorch_version": str,
+    "numpy_version": str,
+    "required_packages_version": dict,
+    "task": str,
+    "description": str,
+    "authors": str,
+    "copyright": str,
+    "network_data_format": dict,
+}
+SCHEMA_OPTIONAL = {
+    "changelog": dict,
+    "data_source": str,
+    "data_type": str,
+    "image_classes": str,
+    "label_classes": str,
+    "pred_classes": str,
+    "eval_metrics": dict,
+    "intended_use": str,
+    "references": list,
+    "supported_apps": dict,
+}
+TENSOR_REQUIRED = {
+    "type": str,
+    "format": str,
+    "num_channels": int,
+    "spatial_shape": list,
+    "dtype": str,
+    "value_range": list,
+}
+TENSOR_OPTIONAL = {"is_patch_data": bool, "channel_def": dict}
+
+
+def check_tensor(where: str, tensor: Any) -> None:
+    """An ``argument``/``result`` of the schema: a number, string, boolean or a tensor object."""
+    if isinstance(tensor, (int, float, str, bool)):
+        return
+    assert isinstance(tensor, dict), where
+    for key, kind in TENSOR_REQUIRED.items():
+        assert isinstance(tensor.get(key), kind) and not isinstance(tensor.get(key), bool), f"{where}: {key}"
+    for key, kind in TENSOR_OPTIONAL.items():
+        assert key not in tensor or isinstance(tensor[key], kind), f"{where}: {key}"
+    assert all(isinstance(s, (str, int)) and not isinstance(s, bool) for s in tensor["spatial_shape"]), where
+    assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in tensor["value_range"]), where
+
+
+def test_metadata_follows_the_bundle_schema() -> None:
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    for key, kind in SCHEMA_REQUIRED.items():
+        assert isinstance(meta.get(key), kind), f"mandatory key {key!r} missing or not {kind.__name__}"
+    for key, kind in SCHEMA_OPTIONAL.items():
+        assert key not in meta or isinstance(meta[key], kind), key
+    assert all(isinstance(v, str) for v in meta["references"])
+    assert meta["version"] in meta["changelog"]
+    assert meta["schema"].endswith("meta_schema_20240725.json")
+    formats = {k: v for k, v in meta.items() if k == "network_data_format" or k.endswith("_data_format")}
+    for name, io_format in formats.items():
+        assert isinstance(io_format.get("inputs"), dict) and isinstance(io_format.get("outputs"), dict), name
+        for group in ("inputs", "outputs", "post_processed_outputs"):
+            for key, tensor in io_format.get(group, {}).items():
+                check_tensor(f"{name}.{group}.{key}", tensor)
+    nd = meta["network_data_format"]
+    assert nd["inputs"]["image"]["spatial_shape"] == nd["outputs"]["pred"]["spatial_shape"] == [256, 256]
+    assert nd["post_processed_outputs"]["points"]["spatial_shape"] == [1, 2]
+    train = json.loads((CONFIGS / "train.json").read_text())
+    assert train["input_size"] == nd["inputs"]["image"]["spatial_shape"]
+    assert len(train["landmark_names"]) == nd["outputs"]["pred"]["num_channels"]
+
+
+def test_configs_use_full_target_paths() -> None:
+    def targets(node: Any) -> Iterator[str]:
+        if isinstance(node, dict):
+            if "_target_" in node:
+                yield node["_target_"]
+            for value in node.values():
+                yield from targets(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from targets(value)
+
+    for name in ("train.json", "evaluate.json", "multi_gpu_train.json"):
+        for target in targets(json.loads((CONFIGS / name).read_text())):
+            assert target.startswith(("monai.", "monai_adaloss.", "torch.", "ignite.")), f"{name}: {target}"
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def test_train_workflow_writes_the_best_model_with_its_sigma(trained: dict[str, Any]) -> None:
+    assert trained["missing"] == []
+    models = trained["root"] / "models"
+    model_file = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
+    assert set(model_file) == {"model", "model_info"}
+    info = model_file["model_info"]
+    sigma_history = trained["sigma_history"]
+    assert sigma_history.shape == (EPOCHS + 1, 1)
+    assert sigma_history[0, 0] == 8.0  # 32 / 4
+    assert sigma_history[-1, 0] < 8.0  # updated after epoch 5
+    # validation and the best-model saver run after the handler's sigma update of the same epoch
+    assert info["sigma"] == pytest.approx(sigma_history[trained["best_epoch"]].tolist())
+    assert info["landmark_names"] == ["tip"] and info["input_size"] == [32, 32]
+    model = load_checkpoint(models / "model.pt")  # the inference code rebuilds the network from the model info
+    state = model.network.state_dict()
+    assert all(torch.equal(state[key], value) for key, value in model_file["model"].items())
+    assert model.info.sigma == info["sigma"]
+    # lower is better: the best metric is the smallest validation error seen
+    assert trained["best_metric"] <= trained["metrics"]["val_mean_dist_px"]
+    full = torch.load(latest_checkpoint(models), map_location="cpu", weights_only=True)
+    assert Path(latest_checkpoint(models)).name == f"checkpoint_epoch={EPOCHS}.pt"
+    assert {"network", "optimizer", "trainer", "adaloss", "rng", "model_info", "best_model"} <= set(full)
+    assert full["model_info"]["sigma"] == pytest.approx(sigma_history[-1].tolist())
+    assert torch.tensor(full["adaloss"]["schedule"]["sigma_history"], dtype=torch.float64).equal(sigma_history)
+
+
+def test_validation_metrics_are_in_original_pixels_and_mm(trained: dict[str, Any]) -> None:
+    metrics = trained["metrics"]
+    # 64x64 frames on a 32x32 grid: original-pixel errors are twice the input-grid errors; spacing 0.3-0.4 mm
+    assert metrics["val_mean_dist_px"] == pytest.approx(2 * metrics["val_mean_dist_input_px"], rel=1e-4)
+    assert 0.25 * metrics["val_mean_dist_px"] < metrics["val_mean_dist_mm"] < 0.65 * metrics["val_mean_dist_px"]
+
+
+def test_sigma_is_logged_to_tensorboard(trained: dict[str, Any]) -> None:
+    tags: set[str] = set()
+    for events in (trained["root"] / "eval").glob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        tags.update(accumulator.Tags()["scalars"])
+    assert {"sigma/tip", "adaloss_loss/tip", "train_loss", "val_mean_dist_px", "val_mean_dist_mm"} <= tags
+
+
+def test_resume_continues_from_the_latest_checkpoint(trained: dict[str, Any], dataset_dir: Path) -> None:
+    wf = workflow(["train.json"], "train", trained["root"], dataset_dir, max_epochs=EPOCHS + 1, resume=True)
+    wf.run()
+    trainer = wf.parser.get_parsed_content("train::trainer")
+    history = wf.parser.get_parsed_content("adaloss_schedule").sigma_history
+    wf.finalize()
+    assert trainer.state.epoch == EPOCHS + 1
+    assert history.shape == (EPOCHS + 2, 1)
+    assert history[: EPOCHS + 1].tolist() == trained["sigma_history"].tolist()
+    assert Path(latest_checkpoint(trained["root"] / "models")).name == f"checkpoint_epoch={EPOCHS + 1}.pt"
+
+
+def test_missing_datalist_says_how_to_make_one(tmp_path: Path) -> None:
+    wf = workflow(["train.json"], "train", tmp_path, tmp_path / "no_data", max_epochs=1)
+    with pytest.raises(RuntimeError) as raised:
+        wf.run()
+    assert isinstance(raised.value.__cause__, FileNotFoundError)
+    assert "monai-adaloss synth" in str(raised.value.__cause__)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+def test_evaluate_workflow(trained: dict[str, Any], dataset_dir: Path) -> None:
+    wf = workflow(["train.json", "evaluate.json"], "eval", trained["root"], dataset_dir)
+    assert wf.check_properties() == []
+    wf.run()
+    metrics = wf.parser.get_parsed_content("evaluator").state.metrics
+    wf.finalize()
+    assert all(math.isfinite(metrics[k]) for k in ("val_mean_dist_px", "val_mean_dist_mm", "val_median_dist_px"))
+    saved = (trained["root"] / "eval" / "metrics.csv").read_text()
+    assert "val_mean_dist_px" in saved and "val_mean_dist_mm" in saved
+
+
+def test_perfect_prediction_maps_back_to_the_original_pixels(tmp_path: Path, dataset_dir: Path) -> None:
+    """A network output equal to the target heatmap decodes to the annotated point in original pixels and mm."""
+    wf = workflow(["train.json"], "train", tmp_path, dataset_dir, input_size=[48, 40])  # anisotropic resize
+    dataset = wf.parser.get_parsed_content("validate::dataset")
+    postprocessing = wf.parser.get_parsed_content("validate::postprocessing")
+    batch = list_data_collate([dataset[i] for i in range(len(dataset))])
+    images = batch["image"]
+    targets = torch.stack(
+        [
+            GaussianHeatmapd("label", sigma=2.0, ref_image_keys="image")({"label": label, "image": image})[
+                "label_heatmap"
+            ].as_tensor()
+            for label, image in zip(batch["label"], images, strict=True)
+        ]
+    )
+    pred = images * 0 + targets  # a MetaTensor with the batch's metadata, as a network output is
+    output = {"pred": pred, "image": images, "label": batch["label"]}
+    for sample, out in zip(decollate_batch(batch), decollate_batch(output), strict=True):
+        _, out = engine_apply_transform(sample, out, postprocessing)
+        truth = out["label_points_original"]
+        if torch.isnan(truth).all():
+            continue
+        assert torch.allclose(out["pred_points_original"].as_tensor().float(), truth.as_tensor(), atol=0.02)
+        assert out["pred_points_original"].shape == (1, 1, 2)
+        spacing = torch.as_tensor(truth.meta["spacing"])
+        assert bool(((spacing > 0.2) & (spacing < 0.6)).all())
+
+
+# ----------------------------------------------------------------------------------------------- multi-GPU
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_multi_gpu_config_trains_with_two_cpu_processes(tmp_path: Path, dataset_dir: Path) -> None:
+    configs = [str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")]
+    overrides = {**TINY, "max_epochs": 1, "train_batch_size": 2, "val_batch_size": 2, "use_cuda": False}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+        "-m", "monai.bundle", "run", "--config_file", repr(configs), "--bundle_root", str(tmp_path),
+        "--dataset_dir", str(dataset_dir),
+    ]  # fmt: skip
+    for key, value in overrides.items():
+        command += [f"--{key}", repr(value)]  # parsed by `fire` as Python literals
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=100, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (tmp_path / "models" / "model.pt").is_file()
+    full = torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
+    assert full["rng"]["world_size"] == 2
+    assert not any(key.startswith("module.") for key in full["network"])
+    assert len(list((tmp_path / "eval").glob("events.out.tfevents.*"))) == 2  # rank 0 only: trainer + evaluator
+
+
+# -------------------------------------------------------------------------------------------------- helpers
+
+
+def test_bundle_path_finds_the_checkout_bundle() -> None:
+    assert "catheter_tip_fluoro" in available_bundles()
+    assert (BUNDLE / "LICENSE").is_file() and (BUNDLE / "docs" / "README.md").is_file()
+    with pytest.raises(FileNotFoundError, match="catheter_tip_fluoro"):
+        bundle_path("no_such_bundle")
+
+
+def test_load_datalist_resolves_paths_and_frames(dataset_dir: Path) -> None:
+    entries = load_datalist(dataset_dir / "datalist.json", "training")
+    assert len(entries) == 8
+    assert all(Path(e["image"]).is_absolute() and Path(e["image"]).is_file() for e in entries)
+    assert all(isinstance(e["frame"], int) for e in entries)
+    with pytest.raises(ValueError, match="'nope'"):
+        load_datalist(dataset_dir / "datalist.json", "nope")
+
+
+def test_latest_checkpoint_takes_the_largest_epoch(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="resume"):
+        latest_checkpoint(tmp_path)
+    for epoch in (2, 10, 9):
+        (tmp_path / f"checkpoint_epoch={epoch}.pt").touch()
+    assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint_epoch=10.pt")

@@ -1,0 +1,49 @@
+"""``monai-adaloss synth`` and ``monai-adaloss demo --tiny``: every step runs and every output is written."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from monai_adaloss.cli import main
+from monai_adaloss.demo import PROFILES
+
+
+@pytest.fixture(autouse=True)
+def restore_threads() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)  # the demo command sets its own thread count
+
+
+def test_synth_writes_a_datalist(tmp_path: Path) -> None:
+    assert main(["synth", "-o", str(tmp_path), "--n-train", "3", "--n-val", "1", "--n-test", "1", "--size", "64",
+                 "--quiet"]) == 0  # fmt: skip
+    datalist = json.loads((tmp_path / "datalist.json").read_text())
+    assert [len(datalist[split]) for split in ("training", "validation", "test")] == [3, 1, 1]
+    assert all((tmp_path / entry["image"]).is_file() for entry in datalist["training"])
+
+
+def test_tiny_demo_writes_every_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["demo", "--tiny", "-o", str(tmp_path), "--threads", "1", "--quiet"])
+    printed = capsys.readouterr().out
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert code == (0 if results["passed"] else 1)  # 2 epochs on 8 frames need not beat the centre guess
+    assert "| model |" in printed and "| centre guess |" in printed and "wall time" in printed
+    assert (tmp_path / "results.md").read_text().strip() in printed
+    tiny = PROFILES["tiny"]
+    rows = list(csv.DictReader((tmp_path / "predictions.csv").open()))
+    assert len(rows) == tiny.n_test
+    assert all(float(row["centre_error_px"]) >= 0 for row in rows if row["x_true"])
+    for name in ("sigma_per_epoch.png", "overlays.png", "bundle/models/model.pt", "inference/records.csv"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert len(results["sigma_history"]) == tiny.epochs + 1
+    assert results["final_sigma"] == [tiny.input_size / 4]  # no update within 2 epochs
+    assert set(results["model"]) == {f"{s}_{u}" for s in ("mean", "median", "p95") for u in ("px", "mm")}
+    assert results["timings_s"]["total"] > 0
+    assert main(["demo", "--tiny", "-o", str(tmp_path), "--quiet"]) == 2  # never overwrites a finished demo
