@@ -10,8 +10,6 @@ Config helpers (called from ``configs/*.json`` as ``$monai_adaloss.bundles.<name
 - :func:`load_datalist`: a split of a MONAI-style landmark datalist, with image paths made absolute,
   ``frame`` defaulting to 0 and a clear error when the datalist does not exist.
 - :func:`latest_checkpoint`: the newest full training checkpoint in a folder, for resuming.
-- :class:`ImageSpacingToPointsd`: copies the image's pixel spacing into the meta of its landmark
-  points, where :class:`~monai_adaloss.metrics.LandmarkDistanceMetric` reads it for mm errors.
 """
 
 from __future__ import annotations
@@ -20,19 +18,14 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Hashable, Mapping
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any
 
-from monai.config import KeysCollection
-from monai.data import MetaTensor, load_decathlon_datalist
-from monai.transforms import MapTransform
+from monai.data import load_decathlon_datalist
 
 __all__ = [
     "BUNDLES_DATA_PACKAGE",
-    "ImageSpacingToPointsd",
     "available_bundles",
     "bundle_path",
     "latest_checkpoint",
@@ -136,48 +129,3 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike) -> str:
             "set `ckpt_path` to a checkpoint file or train without `resume`."
         )
     return str(max(found)[1])
-
-
-class ImageSpacingToPointsd(MapTransform):
-    """Put the pixel spacing of an image into the meta of its landmark points.
-
-    :class:`~monai_adaloss.metrics.LandmarkDistanceMetric` reads a per-sample spacing from the
-    ground truth's ``meta["spacing"]`` (it ignores a points tensor's own affine on purpose); the
-    readers keep the image's spacing in ``image.meta["spacing"]`` (``(D,)`` mm per voxel in
-    spatial-axis order, for DICOM ``(column spacing, row spacing)``). Use it on points that stay in
-    the image's original voxel grid: the spacing of a resized grid is different.
-
-    Args:
-        keys: keys of the points ``(L, K, D)``; they become MetaTensors if they are not.
-        image_key: key of the image whose ``meta["spacing"]`` is copied.
-        spacing_key: the meta key, in the image and in the points.
-        allow_missing_keys: don't raise an exception when a key is missing.
-
-    Raises (from ``__call__``):
-        KeyError: when the image is missing or has no ``spacing_key`` in its meta.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        image_key: str = "image",
-        spacing_key: str = "spacing",
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.image_key = image_key
-        self.spacing_key = spacing_key
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        image = d.get(self.image_key)
-        if not isinstance(image, MetaTensor) or self.spacing_key not in image.meta:
-            raise KeyError(
-                f"ImageSpacingToPointsd needs a MetaTensor under {self.image_key!r} with meta[{self.spacing_key!r}]."
-            )
-        for key in self.key_iterator(d):
-            points = d[key] if isinstance(d[key], MetaTensor) else MetaTensor(d[key])
-            points = points.clone()
-            points.meta[self.spacing_key] = image.meta[self.spacing_key]
-            d[key] = points
-        return d

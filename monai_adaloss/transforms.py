@@ -72,6 +72,7 @@ __all__ = [
     "GaussianHeatmapD",
     "GaussianHeatmapDict",
     "GaussianHeatmapd",
+    "ImageSpacingToPointsd",
     "LoadLandmarks",
     "LoadLandmarksD",
     "LoadLandmarksDict",
@@ -855,3 +856,48 @@ PadLandmarksD = PadLandmarksDict = PadLandmarksd
 BindPointsToImageD = BindPointsToImageDict = BindPointsToImaged
 TransformPointsWithImageD = TransformPointsWithImageDict = TransformPointsWithImaged
 DecodeHeatmapD = DecodeHeatmapDict = DecodeHeatmapd
+
+
+class ImageSpacingToPointsd(MapTransform):
+    """Put the pixel spacing of an image into the meta of its landmark points.
+
+    :class:`~monai_adaloss.metrics.LandmarkDistanceMetric` reads a per-sample spacing from the
+    ground truth's ``meta["spacing"]`` (it ignores a points tensor's own affine on purpose); the
+    readers keep the image's spacing in ``image.meta["spacing"]`` (``(D,)`` mm per voxel in
+    spatial-axis order, for DICOM ``(column spacing, row spacing)``). Use it on points that stay in
+    the image's original voxel grid: the spacing of a resized grid is different.
+
+    Args:
+        keys: keys of the points ``(L, K, D)``; they become MetaTensors if they are not.
+        image_key: key of the image whose ``meta["spacing"]`` is copied.
+        spacing_key: the meta key, in the image and in the points.
+        allow_missing_keys: don't raise an exception when a key is missing.
+
+    Raises (from ``__call__``):
+        KeyError: when the image is missing or has no ``spacing_key`` in its meta.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        image_key: str = "image",
+        spacing_key: str = "spacing",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.image_key = image_key
+        self.spacing_key = spacing_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        image = d.get(self.image_key)
+        if not isinstance(image, MetaTensor) or self.spacing_key not in image.meta:
+            raise KeyError(
+                f"ImageSpacingToPointsd needs a MetaTensor under {self.image_key!r} with meta[{self.spacing_key!r}]."
+            )
+        for key in self.key_iterator(d):
+            points = d[key] if isinstance(d[key], MetaTensor) else MetaTensor(d[key])
+            points = points.clone()
+            points.meta[self.spacing_key] = image.meta[self.spacing_key]
+            d[key] = points
+        return d
