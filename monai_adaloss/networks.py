@@ -25,7 +25,42 @@ from torch import nn
 __all__ = ["DenseHeatmapUNet", "HeatmapUNet", "catheter_unet", "endoscopy_unet", "face_dense_unet"]
 
 
-class HeatmapUNet(nn.Module):
+class _SkipConnectionUNet(nn.Module):
+    """Shared U-Net pass: optional stem, encoders with skips and 2x pooling, bottleneck, decoders, head.
+
+    Subclasses set ``stem``, ``encoders``, ``pool``, ``bottleneck``, ``decoders``, ``head``, ``levels``
+    and ``_interp_mode``; each decoder takes the up-sampled features concatenated with its skip.
+    """
+
+    stem: nn.Module
+    encoders: nn.ModuleList
+    pool: nn.Module
+    bottleneck: nn.Module
+    decoders: nn.ModuleList
+    head: nn.Module
+    levels: int
+    _interp_mode: str
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        divisor = 2 ** (self.levels - 1)
+        if any(s % divisor for s in x.shape[2:]):
+            raise ValueError(
+                f"Input spatial shape {tuple(x.shape[2:])} must be divisible by {divisor} for {self.levels} levels."
+            )
+        x = self.stem(x)
+        skips = []
+        for encoder in self.encoders:
+            x = encoder(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottleneck(x)
+        for decoder, skip in zip(self.decoders, reversed(skips), strict=True):
+            x = nn.functional.interpolate(x, size=skip.shape[2:], mode=self._interp_mode, align_corners=False)
+            x = decoder(torch.cat([x, skip], dim=1))
+        return self.head(x)
+
+
+class HeatmapUNet(_SkipConnectionUNet):
     """U-Net for heatmap regression in 1D, 2D or 3D.
 
     Args:
@@ -61,6 +96,7 @@ class HeatmapUNet(nn.Module):
             raise ValueError(f"Argument `kernel_size` must be an odd positive integer, got {kernel_size}.")
         self.spatial_dims = spatial_dims
         self.levels = len(channels)
+        self.stem = nn.Identity()
 
         def conv(cin: int, cout: int) -> Convolution:
             return Convolution(spatial_dims, cin, cout, kernel_size=kernel_size, act=act, norm=norm)
@@ -80,22 +116,6 @@ class HeatmapUNet(nn.Module):
         self.head = Convolution(spatial_dims, channels[0], out_channels, kernel_size=1, conv_only=True)
         self._interp_mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[spatial_dims]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        divisor = 2 ** (self.levels - 1)
-        if any(s % divisor for s in x.shape[2:]):
-            raise ValueError(
-                f"Input spatial shape {tuple(x.shape[2:])} must be divisible by {divisor} for {self.levels} levels."
-            )
-        skips = []
-        for encoder in self.encoders:
-            x = encoder(x)
-            skips.append(x)
-            x = self.pool(x)
-        x = self.bottleneck(x)
-        for decoder, skip in zip(self.decoders, reversed(skips), strict=True):
-            x = nn.functional.interpolate(x, size=skip.shape[2:], mode=self._interp_mode, align_corners=False)
-            x = decoder(torch.cat([x, skip], dim=1))
-        return self.head(x)
 
 
 def catheter_unet(in_channels: int = 1, out_channels: int = 1, channels: Sequence[int] = (16, 32, 64)) -> HeatmapUNet:
@@ -147,7 +167,7 @@ class _DenseBlock(nn.Module):
         return torch.cat(features if self.keep_input else features[1:], dim=1)
 
 
-class DenseHeatmapUNet(nn.Module):
+class DenseHeatmapUNet(_SkipConnectionUNet):
     """Dense U-Net (FC-DenseNet-style U-Net) for heatmap regression in 1D, 2D or 3D.
 
     With ``n = len(block_layers)`` levels:
@@ -234,24 +254,6 @@ class DenseHeatmapUNet(nn.Module):
             previous = self.decoders[-1].out_channels
         self.head = Convolution(spatial_dims, previous, out_channels, kernel_size=1, conv_only=True)
         self._interp_mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[spatial_dims]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        divisor = 2 ** (self.levels - 1)
-        if any(s % divisor for s in x.shape[2:]):
-            raise ValueError(
-                f"Input spatial shape {tuple(x.shape[2:])} must be divisible by {divisor} for {self.levels} levels."
-            )
-        x = self.stem(x)
-        skips = []
-        for encoder in self.encoders:
-            x = encoder(x)
-            skips.append(x)
-            x = self.pool(x)
-        x = self.bottleneck(x)
-        for decoder, skip in zip(self.decoders, reversed(skips), strict=True):
-            x = nn.functional.interpolate(x, size=skip.shape[2:], mode=self._interp_mode, align_corners=False)
-            x = decoder(torch.cat([x, skip], dim=1))
-        return self.head(x)
 
 
 def face_dense_unet(
