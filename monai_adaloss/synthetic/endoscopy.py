@@ -64,7 +64,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from .fluoroscopy import _grid, _motion_kernel, _smooth_noise, _smooth_step
+from .image_ops import motion_blur_kernel, pixel_grid, smooth_noise, smooth_step
 
 __all__ = [
     "LANDMARK_NAMES",
@@ -285,7 +285,7 @@ def _sample_instrument(
         tips[j] = end
     blur = None
     if rng.random() < config.motion_blur_probability:
-        blur = _motion_kernel(rng.uniform(*config.motion_blur_px) * scale, rng.uniform(0, math.pi))
+        blur = motion_blur_kernel(rng.uniform(*config.motion_blur_px) * scale, rng.uniform(0, math.pi))
     return _Instrument(kind, tuple(segments), tips, blur)
 
 
@@ -334,7 +334,7 @@ def _render_instrument(
     """(box, alpha, premultiplied RGB, part map) of one instrument inside its bounding box (motion-blurred)."""
     pad = 2.0 + (inst.blur.shape[0] if inst.blur is not None else 0)
     box = _bounding_box(inst, shape, pad)
-    x, y = _grid(shape)
+    x, y = pixel_grid(shape)
     x, y = x[box], y[box]
     alpha = np.zeros(x.shape, np.float32)
     grey = np.zeros(x.shape, np.float32)
@@ -362,12 +362,12 @@ def _tissue(config: EndoscopyConfig, rng: np.random.Generator, shape: tuple[int,
     base = np.array([rng.uniform(0.72, 0.88), rng.uniform(0.28, 0.42), rng.uniform(0.26, 0.38)], np.float32)
     if not config.tissue_texture:
         return np.broadcast_to(base * 0.85, (*shape, 3)).astype(np.float32)
-    folds = _smooth_noise(rng, shape, 30.0 * scale)
-    mid = _smooth_noise(rng, shape, 8.0 * scale)
-    bumps = _smooth_noise(rng, shape, 3.5 * scale)
-    vessel_field = _smooth_noise(rng, shape, 18.0 * scale)
-    vessel_gate = _smooth_noise(rng, shape, 40.0 * scale)
-    fat = _smooth_step(_smooth_noise(rng, shape, 24.0 * scale) - rng.uniform(1.2, 2.2), 0.6)
+    folds = smooth_noise(rng, shape, 30.0 * scale)
+    mid = smooth_noise(rng, shape, 8.0 * scale)
+    bumps = smooth_noise(rng, shape, 3.5 * scale)
+    vessel_field = smooth_noise(rng, shape, 18.0 * scale)
+    vessel_gate = smooth_noise(rng, shape, 40.0 * scale)
+    fat = smooth_step(smooth_noise(rng, shape, 24.0 * scale) - rng.uniform(1.2, 2.2), 0.6)
 
     height = 14.0 * scale * folds + 2.0 * scale * mid + 0.8 * scale * bumps
     gy, gx = np.gradient(height)
@@ -376,7 +376,7 @@ def _tissue(config: EndoscopyConfig, rng: np.random.Generator, shape: tuple[int,
     lz = math.sqrt(1.0 - float(light @ light))
     diffuse = np.clip(nx * light[0] + ny * light[1] + nz * lz, 0.0, 1.0)
 
-    vessels = np.exp(-((vessel_field / 0.12) ** 2)) * _smooth_step(vessel_gate - 0.3, 0.5)
+    vessels = np.exp(-((vessel_field / 0.12) ** 2)) * smooth_step(vessel_gate - 0.3, 0.5)
     vessels = ndimage.gaussian_filter(vessels, 0.7 * scale)[..., None]
     crease = np.clip(-folds - 0.3, 0.0, 2.0)[..., None] / 2.0
     albedo = base * (1.0 + 0.12 * mid[..., None]) * (1.0 - 0.45 * crease)
@@ -387,8 +387,8 @@ def _tissue(config: EndoscopyConfig, rng: np.random.Generator, shape: tuple[int,
     if config.specular_highlights:
         half = np.array([light[0], light[1], lz + 1.0]) / math.hypot(light[0], light[1], lz + 1.0)
         n_dot_h = np.clip(nx * half[0] + ny * half[1] + nz * half[2], 0.0, 1.0)
-        wet = _smooth_step(_smooth_noise(rng, shape, 10.0 * scale) - rng.uniform(0.0, 0.8), 0.5)
-        glint = n_dot_h ** rng.uniform(300.0, 600.0) * _smooth_step(bumps - 0.8, 0.4)
+        wet = smooth_step(smooth_noise(rng, shape, 10.0 * scale) - rng.uniform(0.0, 0.8), 0.5)
+        glint = n_dot_h ** rng.uniform(300.0, 600.0) * smooth_step(bumps - 0.8, 0.4)
         rgb = rgb + (rng.uniform(0.8, 1.2) * wet * glint)[..., None]
     return rgb.astype(np.float32)
 
@@ -396,12 +396,12 @@ def _tissue(config: EndoscopyConfig, rng: np.random.Generator, shape: tuple[int,
 def _blood(rng: np.random.Generator, shape: tuple[int, int], rgb: np.ndarray, specular: bool) -> np.ndarray:
     """`rgb` with glossy dark-red blood pools."""
     scale = min(shape) / 256.0
-    pool = _smooth_step(_smooth_noise(rng, shape, 14.0 * scale) - rng.uniform(1.2, 1.9), 0.15)[..., None]
+    pool = smooth_step(smooth_noise(rng, shape, 14.0 * scale) - rng.uniform(1.2, 1.9), 0.15)[..., None]
     colour = np.array([rng.uniform(0.3, 0.45), 0.02, 0.03], np.float32)
     shading = (rgb.mean(axis=-1, keepdims=True) / rgb.mean()).clip(0.5, 1.5)  # the pools follow the tissue's relief
     out = rgb * (1.0 - pool) + pool * colour * shading
     if specular:
-        glint = _smooth_step(_smooth_noise(rng, shape, 2.0 * scale) - 2.0, 0.3)[..., None]
+        glint = smooth_step(smooth_noise(rng, shape, 2.0 * scale) - 2.0, 0.3)[..., None]
         out = out + 0.8 * pool * glint
     return out
 
@@ -410,7 +410,7 @@ def _flap(
     rng: np.random.Generator, shape: tuple[int, int], tissue: np.ndarray, target: np.ndarray, size: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """A foreground tissue flap of about `size` pixels reaching over `target` ``(x, y)``: (alpha, RGB)."""
-    x, y = _grid(shape)
+    x, y = pixel_grid(shape)
     angle = rng.uniform(0, 2 * math.pi)
     centre = target + np.array([math.cos(angle), math.sin(angle)]) * size * rng.uniform(0.8, 1.3)
     dx, dy = x - centre[0], y - centre[1]
@@ -423,7 +423,7 @@ def _flap(
     )
     inside = radius - np.hypot(dx, dy)
     alpha = np.clip(inside + 0.5, 0.0, 1.0)
-    rim = 0.55 + 0.45 * _smooth_step(inside - 0.25 * size, 0.25 * size)
+    rim = 0.55 + 0.45 * smooth_step(inside - 0.25 * size, 0.25 * size)
     shift = rng.integers(-shape[0] // 3, shape[0] // 3, 2)
     rgb = np.roll(tissue, tuple(shift), axis=(0, 1)) * (rng.uniform(1.05, 1.25) * rim)[..., None]
     return alpha.astype(np.float32), rgb.astype(np.float32)
@@ -431,7 +431,7 @@ def _flap(
 
 def _smoke(config: EndoscopyConfig, rng: np.random.Generator, shape: tuple[int, int], rgb: np.ndarray) -> np.ndarray:
     """`rgb` seen through a bright, patchy haze."""
-    haze = _smooth_step(_smooth_noise(rng, shape, 45.0 * min(shape) / 256.0) + rng.uniform(-0.5, 0.8), 1.2)
+    haze = smooth_step(smooth_noise(rng, shape, 45.0 * min(shape) / 256.0) + rng.uniform(-0.5, 0.8), 1.2)
     opacity = (rng.uniform(*config.smoke_density) * haze)[..., None]
     colour = np.array([0.86, 0.84, 0.82], np.float32) * rng.uniform(0.85, 1.05)
     return rgb * (1.0 - opacity) + opacity * colour
@@ -442,7 +442,7 @@ def _illumination(rng: np.random.Generator, shape: tuple[int, int], vignetting: 
     if not vignetting:
         return np.ones(shape, np.float32)
     h, w = shape
-    x, y = _grid(shape)
+    x, y = pixel_grid(shape)
     centre = np.array([w, h]) * (0.5 + rng.normal(0.0, 0.06, 2))
     r = np.hypot(x - centre[0], y - centre[1]) / (0.5 * math.hypot(h, w))
     direction = rng.uniform(0, 2 * math.pi)
@@ -455,10 +455,10 @@ def _scope_mask(rng: np.random.Generator, shape: tuple[int, int], on: bool) -> n
     if not on:
         return np.ones(shape, np.float32)
     h, w = shape
-    x, y = _grid(shape)
+    x, y = pixel_grid(shape)
     centre = np.array([w, h]) * (0.5 + rng.normal(0.0, 0.02, 2))
     radius = rng.uniform(0.46, 0.6) * w
-    return _smooth_step(radius - np.hypot(x - centre[0], y - centre[1]), rng.uniform(1.0, 2.0)).astype(np.float32)
+    return smooth_step(radius - np.hypot(x - centre[0], y - centre[1]), rng.uniform(1.0, 2.0)).astype(np.float32)
 
 
 def _in_field(point: np.ndarray, field: np.ndarray) -> bool:

@@ -72,6 +72,7 @@ from .dicom_writer import (
     lossless_transfer_syntaxes,
     write_dicom,
 )
+from .image_ops import motion_blur_kernel, pixel_grid, smooth_noise, smooth_step
 
 __all__ = [
     "AcquisitionParameters",
@@ -561,22 +562,10 @@ def _sample_geometry(config: FluoroscopyConfig, rng: np.random.Generator) -> Pro
     return ProjectionGeometry(round(spacing * sid / sod, 4), sid, sod)
 
 
-def _grid(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """``(x, y)`` pixel-centre coordinates, each of shape ``(rows, columns)``."""
-    y, x = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
-    return x, y
-
-
-def _smooth_step(signed_distance: np.ndarray, edge: float) -> np.ndarray:
-    """0 below ``-edge``, 1 above ``+edge``, a smooth cubic ramp between (a collimator penumbra)."""
-    t = np.clip(0.5 + signed_distance / (2.0 * edge), 0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
-
-
 def _sample_field(config: FluoroscopyConfig, rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     """Soft collimation mask ``(rows, columns)``: 1 inside the field, 0 behind the iris or shutters."""
     h, w = shape
-    x, y = _grid(shape)
+    x, y = pixel_grid(shape)
     u = rng.random(2)
     centre = np.array([w, h]) * (0.5 + rng.normal(0, 0.03, 2))
     radius = rng.uniform(0.47, 0.62) * min(h, w)
@@ -586,35 +575,11 @@ def _sample_field(config: FluoroscopyConfig, rng: np.random.Generator, shape: tu
     if not config.collimation:
         return field
     if u[0] < config.round_collimation_probability:
-        field *= _smooth_step(radius - np.hypot(x - centre[0], y - centre[1]), edge)
+        field *= smooth_step(radius - np.hypot(x - centre[0], y - centre[1]), edge)
     if u[1] < config.shutter_probability:
-        field *= _smooth_step(x - insets[0], edge) * _smooth_step(w - 1 - insets[1] - x, edge)
-        field *= _smooth_step(y - insets[2], edge) * _smooth_step(h - 1 - insets[3] - y, edge)
+        field *= smooth_step(x - insets[0], edge) * smooth_step(w - 1 - insets[1] - x, edge)
+        field *= smooth_step(y - insets[2], edge) * smooth_step(h - 1 - insets[3] - y, edge)
     return field
-
-
-def _upsample_axis(values: np.ndarray, n_out: int, factor: int, axis: int) -> np.ndarray:
-    """Linear interpolation along `axis` from a grid `factor` times coarser (offset by one coarse cell)."""
-    position = np.arange(n_out) / factor + 1.0
-    low = np.floor(position).astype(int)
-    frac = (position - low).astype(values.dtype)
-    shape = [1, 1]
-    shape[axis] = n_out
-    frac = frac.reshape(shape)
-    return np.take(values, low, axis=axis) * (1 - frac) + np.take(values, low + 1, axis=axis) * frac
-
-
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], correlation_px: float) -> np.ndarray:
-    """Zero-mean, unit-variance Gaussian random field ``(rows, columns)`` with the given correlation length.
-
-    Filtered on a coarse grid, then upsampled linearly (fast at any scale).
-    """
-    h, w = shape
-    factor = max(1, int(correlation_px // 4))
-    small = rng.standard_normal((h // factor + 4, w // factor + 4))
-    small = ndimage.gaussian_filter(small, correlation_px / factor, mode="wrap").astype(np.float32)
-    big = _upsample_axis(_upsample_axis(small, h, factor, 0), w, factor, 1)
-    return (big - big.mean()) / (big.std() + 1e-12)
 
 
 def _sample_exposure(
@@ -622,12 +587,12 @@ def _sample_exposure(
 ) -> np.ndarray:
     """Relative exposure ``(rows, columns)``: image-intensifier vignetting times smooth uneven exposure."""
     h, w = shape
-    x, y = _grid(shape)
+    x, y = pixel_grid(shape)
     centre = np.array([w, h]) * (0.5 + rng.normal(0, 0.05, 2))
     strength = rng.uniform(0.25, 0.55)
     gradient = rng.uniform(-0.35, 0.35)
     direction = rng.uniform(0, 2 * math.pi)
-    blotch = rng.uniform(0.05, 0.15) * _smooth_noise(rng, shape, 30.0 / spacing)
+    blotch = rng.uniform(0.05, 0.15) * smooth_noise(rng, shape, 30.0 / spacing)
     exposure = np.ones(shape, dtype=np.float32)
     if config.vignetting:
         exposure *= 1.0 - strength * (np.hypot(x - centre[0], y - centre[1]) / (0.5 * math.hypot(h, w))) ** 2
@@ -643,7 +608,7 @@ def _background(
     """Soft-tissue / lung attenuation: smooth noise at three scales (40, 10 and 2.5 mm)."""
     amplitudes = rng.uniform([0.15, 0.05, 0.01], [0.35, 0.12, 0.04])
     scales = (40.0, 10.0, 2.5)
-    noise = [_smooth_noise(rng, shape, s / spacing) for s in scales]
+    noise = [smooth_noise(rng, shape, s / spacing) for s in scales]
     if not config.background:
         return np.zeros(shape, dtype=np.float32)
     return sum(a * n for a, n in zip(amplitudes, noise, strict=True))
@@ -654,7 +619,7 @@ def _soft_tissue_edges(
 ) -> np.ndarray:
     """One or two large ellipsoidal silhouettes (heart, diaphragm) whose border crosses the field."""
     h, w = shape
-    x, y = _grid(shape)
+    x, y = pixel_grid(shape)
     show = rng.random() < config.soft_tissue_edges_probability
     out = np.zeros(shape, dtype=np.float32)
     for _ in range(2 if rng.random() < 0.5 else 1):
@@ -672,7 +637,7 @@ def _soft_tissue_edges(
 def _ribs(config: FluoroscopyConfig, rng: np.random.Generator, shape: tuple[int, int], spacing: float) -> np.ndarray:
     """A family of parallel curved rib bands with denser cortical edges, fading out towards one end."""
     h, w = shape
-    x, y = _grid(shape)
+    x, y = pixel_grid(shape)
     show = rng.random() < config.ribs_probability
     angle = rng.uniform(-0.7, 0.7)
     curvature = rng.uniform(0.002, 0.008) * rng.choice([-1.0, 1.0])
@@ -698,7 +663,7 @@ def _ribs(config: FluoroscopyConfig, rng: np.random.Generator, shape: tuple[int,
 def _spine(config: FluoroscopyConfig, rng: np.random.Generator, shape: tuple[int, int], spacing: float) -> np.ndarray:
     """A near-vertical vertebral column: bodies, disc spaces, endplates, pedicle rings and paraspinal tissue."""
     w = shape[1]
-    x, y = _grid(shape)
+    x, y = pixel_grid(shape)
     show = rng.random() < config.spine_probability
     centre_x = rng.uniform(-0.2, 1.2) * w * spacing
     angle = rng.normal(0.0, 0.1)
@@ -869,7 +834,7 @@ def _vessels(
 def _ecg_electrodes(rng: np.random.Generator, shape: tuple[int, int], spacing: float) -> np.ndarray:
     """Dense metal snaps on faint adhesive pads, each with a lead wire leaving the image."""
     h, w = shape
-    x, y = _grid(shape)
+    x, y = pixel_grid(shape)
     out = np.zeros(shape, dtype=np.float32)
     leads: list[Rod] = []
     for _ in range(int(rng.integers(1, 4))):
@@ -970,19 +935,6 @@ def _stents(rng: np.random.Generator, shape: tuple[int, int], spacing: float) ->
     inner = np.zeros(shape, dtype=np.float32)
     _add_rods(inner, [(line, radius * 0.8, mu) for line, radius, mu in rods])
     return outer - inner
-
-
-def _motion_kernel(length: float, angle: float) -> np.ndarray:
-    """A normalised, centred linear motion-blur kernel of `length` pixels at `angle` (rad)."""
-    half = math.ceil(length / 2) + 1
-    t = np.linspace(-length / 2, length / 2, 8 * half)
-    px, py = half + t * math.cos(angle), half + t * math.sin(angle)
-    kernel = np.zeros((2 * half + 1, 2 * half + 1))
-    x0, y0 = np.floor(px).astype(int), np.floor(py).astype(int)
-    fx, fy = px - x0, py - y0
-    for dx, dy, wgt in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
-        np.add.at(kernel, (y0 + dy, x0 + dx), wgt)
-    return kernel / kernel.sum()
 
 
 def _draw_text(shape: tuple[int, int], lines: dict[str, list[str]]) -> np.ndarray:
@@ -1104,7 +1056,7 @@ def _sample_scene(config: FluoroscopyConfig, rng: np.random.Generator, n_frames:
             static = static + draw(rngs[name], shape, spacing)
     b = rngs["blur"]
     blur_on = b.random() < config.motion_blur_probability
-    kernel = _motion_kernel(b.uniform(*config.motion_blur_px), b.uniform(0, math.pi))
+    kernel = motion_blur_kernel(b.uniform(*config.motion_blur_px), b.uniform(0, math.pi))
     detector_sigma = b.uniform(*config.detector_blur_px) if config.detector_blur else 0.0
     d = rngs["display"]
     dose = d.uniform(*config.dose_quanta_per_pixel)
