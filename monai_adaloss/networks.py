@@ -117,7 +117,6 @@ class HeatmapUNet(_SkipConnectionUNet):
         self._interp_mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[spatial_dims]
 
 
-
 def catheter_unet(in_channels: int = 1, out_channels: int = 1, channels: Sequence[int] = (16, 32, 64)) -> HeatmapUNet:
     """The paper's catheter-tip U-Net: 9 conv layers, kernel 5, BatchNorm + ReLU (2D)."""
     return HeatmapUNet(2, in_channels, out_channels, channels=channels, kernel_size=5, act="relu", norm="batch")
@@ -126,7 +125,12 @@ def catheter_unet(in_channels: int = 1, out_channels: int = 1, channels: Sequenc
 def endoscopy_unet(in_channels: int = 3, out_channels: int = 2, channels: Sequence[int] = (16, 32, 64)) -> HeatmapUNet:
     """The paper's endoscopy U-Net: 9 conv layers, BatchNorm + LeakyReLU (2D), kernel 5."""
     return HeatmapUNet(
-        2, in_channels, out_channels, channels=channels, kernel_size=5, act=("leakyrelu", {"negative_slope": 0.1}),
+        2,
+        in_channels,
+        out_channels,
+        channels=channels,
+        kernel_size=5,
+        act=("leakyrelu", {"negative_slope": 0.1}),
         norm="batch",
     )
 

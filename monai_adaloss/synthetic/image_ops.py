@@ -15,10 +15,12 @@ def pixel_grid(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     y, x = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
     return x, y
 
+
 def smooth_step(signed_distance: np.ndarray, edge: float) -> np.ndarray:
     """0 below ``-edge``, 1 above ``+edge``, a smooth cubic ramp between (a collimator penumbra)."""
     t = np.clip(0.5 + signed_distance / (2.0 * edge), 0.0, 1.0)
     return t * t * (3.0 - 2.0 * t)
+
 
 def _upsample_axis(values: np.ndarray, n_out: int, factor: int, axis: int) -> np.ndarray:
     """Linear interpolation along `axis` from a grid `factor` times coarser (offset by one coarse cell)."""
@@ -29,6 +31,7 @@ def _upsample_axis(values: np.ndarray, n_out: int, factor: int, axis: int) -> np
     shape[axis] = n_out
     frac = frac.reshape(shape)
     return np.take(values, low, axis=axis) * (1 - frac) + np.take(values, low + 1, axis=axis) * frac
+
 
 def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], correlation_px: float) -> np.ndarray:
     """Zero-mean, unit-variance Gaussian random field ``(rows, columns)`` with the given correlation length.
@@ -41,6 +44,7 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], correlation_p
     small = ndimage.gaussian_filter(small, correlation_px / factor, mode="wrap").astype(np.float32)
     big = _upsample_axis(_upsample_axis(small, h, factor, 0), w, factor, 1)
     return (big - big.mean()) / (big.std() + 1e-12)
+
 
 def motion_blur_kernel(length: float, angle: float) -> np.ndarray:
     """A normalised, centred linear motion-blur kernel of `length` pixels at `angle` (rad)."""
