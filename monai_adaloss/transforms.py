@@ -867,14 +867,21 @@ class ImageSpacingToPointsd(MapTransform):
     spatial-axis order, for DICOM ``(column spacing, row spacing)``). Use it on points that stay in
     the image's original voxel grid: the spacing of a resized grid is different.
 
+    Readers that keep no ``spacing`` entry (MONAI's ``NibabelReader`` and ``ITKReader`` for NIfTI)
+    give it through the affine instead: with ``from_affine=True`` the spacing is the length of each
+    spatial column of the image's current affine (``MetaTensor.pixdim``, mm per voxel along each
+    tensor axis). mm distances computed from it are exact when the affine's columns are orthogonal
+    (any rotation of a scaled grid, e.g. an oblique acquisition), not under shear.
+
     Args:
         keys: keys of the points ``(L, K, D)``; they become MetaTensors if they are not.
-        image_key: key of the image whose ``meta["spacing"]`` is copied.
-        spacing_key: the meta key, in the image and in the points.
+        image_key: key of the image whose spacing is copied.
+        spacing_key: the meta key, in the image (unless ``from_affine``) and in the points.
         allow_missing_keys: don't raise an exception when a key is missing.
+        from_affine: take the spacing from the image's affine instead of its ``meta[spacing_key]``.
 
     Raises (from ``__call__``):
-        KeyError: when the image is missing or has no ``spacing_key`` in its meta.
+        KeyError: when the image is missing or (unless ``from_affine``) has no ``spacing_key`` in its meta.
     """
 
     def __init__(
@@ -883,21 +890,24 @@ class ImageSpacingToPointsd(MapTransform):
         image_key: str = "image",
         spacing_key: str = "spacing",
         allow_missing_keys: bool = False,
+        from_affine: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.image_key = image_key
         self.spacing_key = spacing_key
+        self.from_affine = from_affine
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         image = d.get(self.image_key)
-        if not isinstance(image, MetaTensor) or self.spacing_key not in image.meta:
+        if not isinstance(image, MetaTensor) or not (self.from_affine or self.spacing_key in image.meta):
             raise KeyError(
                 f"ImageSpacingToPointsd needs a MetaTensor under {self.image_key!r} with meta[{self.spacing_key!r}]."
             )
+        spacing = image.pixdim.clone() if self.from_affine else image.meta[self.spacing_key]
         for key in self.key_iterator(d):
             points = d[key] if isinstance(d[key], MetaTensor) else MetaTensor(d[key])
             points = points.clone()
-            points.meta[self.spacing_key] = image.meta[self.spacing_key]
+            points.meta[self.spacing_key] = spacing
             d[key] = points
         return d
