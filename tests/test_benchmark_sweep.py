@@ -8,6 +8,8 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "catheter_sigma_sweep.py"
 
 
@@ -51,3 +53,40 @@ def test_sweep_tiny(tmp_path):
         per_epoch = list(csv.DictReader(f))
     assert len(per_epoch) == 2 * epochs
     assert "| adaloss_lr1e-3 |" in (tmp_path / "results.md").read_text()
+
+
+def _load_plot():
+    path = SCRIPT.with_name("plot_lr_study.py")
+    spec = importlib.util.spec_from_file_location("plot_lr_study", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_per_epoch(path: Path, rows: list[tuple[str, float, int, float]]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run", "lr", "epoch", "val_mean_px_256", "val_median_px_256"])
+        for run, lr, epoch, value in rows:
+            writer.writerow([run, lr, epoch, value, value])
+    return path
+
+
+def test_lr_figure_merges_split_sweeps_and_refuses_conflicts(tmp_path):
+    plot = _load_plot()
+    a = _write_per_epoch(tmp_path / "a.csv", [("fixed_5", 1e-3, e, 100.0 - e) for e in (2, 1)])
+    b = _write_per_epoch(
+        tmp_path / "b.csv",
+        [("adaloss_lr1e-3", 1e-3, 1, 80.0), ("adaloss_lr1e-3", 1e-3, 2, 40.0), ("adaloss_lr1e-4", 1e-4, 1, 90.0)],
+    )
+    runs = plot.read_runs([a, b])
+    assert sorted(runs) == ["adaloss_lr1e-3", "adaloss_lr1e-4", "fixed_5"]
+    assert [r["epoch"] for r in runs["fixed_5"]] == ["1", "2"]  # ordered by epoch
+    out = plot.main([str(a), str(b), "--output", str(tmp_path / "fig.png")])
+    assert out.stat().st_size > 1000
+
+    conflict = _write_per_epoch(tmp_path / "c.csv", [("fixed_5", 1e-3, 1, 1.0), ("fixed_5", 1e-3, 2, 2.0)])
+    with pytest.raises(ValueError, match="fixed_5"):
+        plot.read_runs([a, conflict])
+    with pytest.raises(ValueError, match="adaloss_lr"):
+        plot.plot_lr_study(plot.read_runs([a]), tmp_path / "x.png")
