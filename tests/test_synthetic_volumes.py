@@ -80,6 +80,25 @@ def test_volume_anatomy_and_geometry() -> None:
     np.testing.assert_array_equal(same.image, volume.image)
 
 
+def test_shift_moves_anatomy_and_landmarks_together() -> None:
+    """``shift_mm`` translates the whole anatomy: every landmark by one offset, the image with it."""
+    fixed = VolumeConfig(shape=(40, 40, 24), spacing=(1.0, 1.0, 2.5), variability=0.0, noise_hu=0.0)
+    shifted = replace(fixed, shift_mm=(6.0, 6.0, 8.0))
+    centred = generate_volume(fixed, np.random.default_rng(0))
+    offsets = [generate_volume(shifted, np.random.default_rng(seed)) for seed in range(3)]
+    for volume in offsets:
+        offset_mm = (volume.points - centred.points)[:, 0] * np.array(fixed.spacing)  # (L, 3)
+        assert np.allclose(offset_mm, offset_mm[0], atol=1e-9)  # one translation for all landmarks
+        assert bool((np.abs(offset_mm[0]) <= np.array(shifted.shift_mm)).all()) and np.abs(offset_mm[0]).max() > 0.5
+        for name, point in zip(VOLUME_LANDMARKS[:3], volume.points[:3, 0], strict=True):  # vertebral bodies
+            assert volume.image[tuple(np.round(point).astype(int))] > 150, name
+    assert generate_volume(fixed, np.random.default_rng(0)).image.tobytes() == centred.image.tobytes()
+    with pytest.raises(ValueError, match="shift_mm"):
+        VolumeConfig(shift_mm=(-1.0, 0.0, 0.0))
+    with pytest.raises(ValueError, match="out of the grid"):
+        generate_volume(replace(fixed, shift_mm=(0.0, 0.0, 200.0)), np.random.default_rng(0))
+
+
 def test_volume_config_rejects_unknown_landmarks() -> None:
     with pytest.raises(ValueError, match="landmark_names"):
         VolumeConfig(landmark_names=("vertebra_upper", "femur_head"))

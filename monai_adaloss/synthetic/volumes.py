@@ -112,6 +112,11 @@ class VolumeConfig:
             0 gives the same anatomy every time (the noise still follows the generator).
         marker_hu: when set, the voxel nearest to landmark ``l`` is overwritten with ``marker_hu + l``,
             a unique value for checking axis order and affine after a round trip through a file.
+        shift_mm: largest random translation (mm, along i, j, k) of the whole anatomy in the field of
+            view, drawn uniformly in ``[-shift, shift]`` per axis and volume (patients are not
+            centred alike, slabs start at different heights); ``(0, 0, 0)`` (default) keeps the
+            anatomy centred and draws nothing. Keep it within about 15 % of the extent along each
+            axis: `generate_volume` raises when a landmark leaves the grid.
     """
 
     shape: tuple[int, int, int] = (64, 64, 48)
@@ -122,6 +127,7 @@ class VolumeConfig:
     noise_hu: float = 12.0
     variability: float = 1.0
     marker_hu: float | None = None
+    shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def __post_init__(self) -> None:
         if len(self.shape) != 3 or any(int(s) != s or s < 8 for s in self.shape):
@@ -137,6 +143,8 @@ class VolumeConfig:
             raise ValueError(
                 f"Argument `landmark_names` must be unique names from {VOLUME_LANDMARKS}, got {self.landmark_names}."
             )
+        if len(self.shift_mm) != 3 or not all(math.isfinite(s) and s >= 0 for s in self.shift_mm):
+            raise ValueError(f"Argument `shift_mm` must be three non-negative numbers, got {self.shift_mm}.")
         if self.noise_hu < 0 or self.variability < 0:
             raise ValueError(
                 f"Arguments `noise_hu` and `variability` must be >= 0, got {self.noise_hu}, {self.variability}."
@@ -234,10 +242,14 @@ def generate_volume(config: VolumeConfig | None = None, rng: np.random.Generator
     shape = tuple(int(s) for s in config.shape)
     spacing = np.asarray(config.spacing, dtype=np.float64)
     centre_voxel = (np.asarray(shape) - 1.0) / 2.0
-    # body frame in mm, centred on the grid: x = patient left (i), y = posterior (j), z = superior (k)
+    # body frame in mm, centred on the grid (moved by `shift` when set): x = patient left (i), y = posterior (j),
+    # z = superior (k)
+    shift = np.zeros(3)
+    if any(config.shift_mm):
+        shift = rng.uniform(-1.0, 1.0, 3) * np.asarray(config.shift_mm, dtype=np.float64)
     x, y, z = (
-        ((np.arange(n) - c) * s).reshape([-1 if a == axis else 1 for a in range(3)])
-        for axis, (n, c, s) in enumerate(zip(shape, centre_voxel, spacing, strict=True))
+        ((np.arange(n) - c) * s - t).reshape([-1 if a == axis else 1 for a in range(3)])
+        for axis, (n, c, s, t) in enumerate(zip(shape, centre_voxel, spacing, shift, strict=True))
     )
     r = min((shape[0] - 1) * spacing[0], (shape[1] - 1) * spacing[1]) / 2.0  # in-plane scale
     length = (shape[2] - 1) * spacing[2]  # slab length along the body axis
@@ -339,7 +351,9 @@ def generate_volume(config: VolumeConfig | None = None, rng: np.random.Generator
         "left_kidney_centroid": left_kidney_centre,
     }
     body_mm = np.stack([anatomy[name] for name in config.landmark_names])  # (L, 3)
-    points = body_mm / spacing + centre_voxel
+    points = (body_mm + shift) / spacing + centre_voxel
+    if any(config.shift_mm) and bool(((points < 0) | (points > np.asarray(shape) - 1)).any()):
+        raise ValueError(f"Argument `shift_mm` {config.shift_mm} moved a landmark out of the grid {shape}.")
     if config.marker_hu is not None:
         for channel, point in enumerate(points):
             image[tuple(np.round(point).astype(int))] = config.marker_hu + channel
