@@ -73,6 +73,7 @@ __all__ = [
     "LoadPtsD",
     "LoadPtsDict",
     "LoadPtsd",
+    "list_300w_folder",
     "list_300w_split",
     "rand_rotate_with_points",
     "read_pts",
@@ -233,6 +234,22 @@ def list_300w_split(root: str | os.PathLike, split: Split300W) -> list[dict[str,
     if missing:
         raise FileNotFoundError(f"300-W split `{split}` needs the folders {missing}, which do not exist.")
     return [entry for folder in folders for entry in _list_faces(folder)]
+
+
+def list_300w_folder(folder: str | os.PathLike) -> list[dict[str, str]]:
+    """Datalist of one folder of faces: ``{"image": path, "label": pts path}`` per ``.pts`` file, sorted.
+
+    For any folder laid out like a 300-W sub-folder (an image next to each ``.pts`` file), e.g. the
+    faces to run a trained model on, whose ``.pts`` points give the face box.
+
+    Raises:
+        FileNotFoundError: when ``folder`` does not exist.
+        ValueError: when it holds no ``.pts`` files, or a ``.pts`` file has no image (naming it).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Folder `{folder}` does not exist.")
+    return _list_faces(folder)
 
 
 def _list_faces(folder: Path) -> list[dict[str, str]]:
