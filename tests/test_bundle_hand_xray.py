@@ -1,0 +1,324 @@
+"""The hand_xray_landmarks MONAI bundle and its datalist builder on the real hand radiographs.
+
+- ``hand_xray_datalist`` on the shared folder (``../shared/data/hand_xray`` next to the checkout): split
+  counts 91 / 21 / 21, all 37 landmarks in order, coordinates exactly those of ``landmarks.csv``, sizes of
+  ``images.csv``, and errors naming the file when the folder is broken (on copies in ``tmp_path``);
+- metadata.json against MONAI's mandatory keys (the checks of ``test_bundle_catheter.py``);
+- train.json through ``ConfigWorkflow(workflow_type="train")`` on 4 training / 2 validation real images at
+  a tiny size (32x32 grid, 3 levels): properties, ``models/model.pt`` with 37 sigmas, errors in file
+  pixels about 16 x errors in grid pixels (512 -> 32), points following resize + pad exactly;
+- evaluate.json and inference.json (predictions CSV) through ``ConfigWorkflow``.
+
+Everything that reads the data is skipped when the shared folder is absent.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+from monai.data import decollate_batch, list_data_collate
+from monai.engines.utils import engine_apply_transform
+
+from monai_adaloss.bundles import bundle_path
+from monai_adaloss.io.hand_xray import (
+    HAND_XRAY_GROUPS,
+    HAND_XRAY_LANDMARKS,
+    hand_xray_datalist,
+    to_source_pixels,
+    write_hand_xray_datalist,
+)
+from monai_adaloss.transforms import GaussianHeatmapd
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hand_xray"
+BUNDLE = bundle_path("hand_xray_landmarks")
+CONFIGS = BUNDLE / "configs"
+TINY = {
+    "input_size": [32, 32],
+    "network_channels": [4, 8, 16],
+    "num_workers": 0,
+    "train_batch_size": 2,
+    "val_batch_size": 2,
+}
+EPOCHS = 2
+
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"hand X-ray data not found at {DATA}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def datalist() -> dict[str, list[dict[str, Any]]]:
+    if not DATA.is_dir():
+        pytest.skip(f"hand X-ray data not found at {DATA}")
+    return hand_xray_datalist(DATA)
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory: pytest.TempPathFactory, datalist: dict) -> Path:
+    """A datalist of 4 training, 2 validation and 2 test images of the real data (absolute image paths)."""
+    root = tmp_path_factory.mktemp("hand_data")
+    small = {
+        "training": datalist["training"][:4],
+        "validation": datalist["validation"][:2],
+        "test": datalist["test"][:2],
+    }
+    (root / "datalist.json").write_text(json.dumps(small), encoding="utf-8")
+    return root
+
+
+# ------------------------------------------------------------------------------------------------ datalist
+
+
+def test_landmark_names_and_groups() -> None:
+    assert len(HAND_XRAY_LANDMARKS) == len(set(HAND_XRAY_LANDMARKS)) == 37
+    assert sorted(i for group in HAND_XRAY_GROUPS.values() for i in group) == list(range(37))
+    assert HAND_XRAY_LANDMARKS[17] == "metacarpal_base_thumb" and HAND_XRAY_LANDMARKS[20] == "thumb_tip"
+    assert HAND_XRAY_LANDMARKS[36] == "little_tip"
+    assert json.loads((CONFIGS / "train.json").read_text())["landmark_names"] == list(HAND_XRAY_LANDMARKS)
+
+
+@needs_data
+def test_datalist_matches_the_csv_files(datalist: dict) -> None:
+    assert {key: len(value) for key, value in datalist.items()} == {"training": 91, "validation": 21, "test": 21}
+    with (DATA / "landmarks.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    with (DATA / "images.csv").open(newline="") as handle:
+        images = {row["image"]: row for row in csv.DictReader(handle)}
+    entries = {Path(e["image"]).stem: e for split in datalist.values() for e in split}
+    assert len(entries) == 133 and len(rows) == 133 * 37
+    for entry in entries.values():
+        assert Path(entry["image"]).is_absolute() and Path(entry["image"]).is_file()
+        assert list(entry["label"]) == list(HAND_XRAY_LANDMARKS)
+    for row in rows:
+        point = entries[row["image"]]["label"][HAND_XRAY_LANDMARKS[int(row["landmark"])]]
+        assert point == [[float(row["x"]), float(row["y"])]]
+    for image_id, row in images.items():
+        assert entries[image_id]["image_size"] == [int(row["width"]), int(row["height"])]
+        assert entries[image_id]["source_size"] == [int(row["orig_width"]), int(row["orig_height"])]
+    split_of = {"train": "training", "valid": "validation", "test": "test"}
+    assert all(entries[i] in datalist[split_of[row["split"]]] for i, row in images.items())
+
+
+@needs_data
+def test_datalist_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"images\.csv"):
+        hand_xray_datalist(tmp_path)
+    broken = tmp_path / "hand"
+    broken.mkdir()
+    (broken / "images").symlink_to(DATA / "images")
+    shutil.copy(DATA / "images.csv", broken / "images.csv")
+    lines = (DATA / "landmarks.csv").read_text().splitlines()
+    (broken / "landmarks.csv").write_text("\n".join(lines[:-1]) + "\n")  # the last landmark of one image dropped
+    with pytest.raises(ValueError, match=r"landmarks\.csv.*landmarks \[36\]"):
+        hand_xray_datalist(broken)
+    lines[5] = lines[5].replace(lines[5].split(",")[3], "abc")
+    (broken / "landmarks.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"landmarks\.csv` line 6: column 'x'"):
+        hand_xray_datalist(broken)
+    (broken / "images.csv").write_text("image,split\n1,train\n")
+    with pytest.raises(ValueError, match=r"images\.csv` misses the columns"):
+        hand_xray_datalist(broken)
+
+
+@needs_data
+def test_written_datalist_loads_in_the_bundle_format(tmp_path: Path) -> None:
+    from monai_adaloss.bundles import load_datalist
+
+    path = write_hand_xray_datalist(DATA, tmp_path / "sub" / "datalist.json")
+    test = load_datalist(path, "test")
+    assert len(test) == 21 and Path(test[0]["image"]).is_file()
+
+
+def test_to_source_pixels_keeps_pixel_centres() -> None:
+    # a 2x-downscaled image: the centre of pixel 0 is the midpoint of source pixels 0 and 1
+    points = to_source_pixels(torch.tensor([[0.0, 0.0], [-0.5, 9.5]]), (10, 10), (20, 20))
+    assert points.tolist() == [[0.5, 0.5], [-0.5, 19.5]]
+
+
+# ------------------------------------------------------------------------------------------------ metadata
+
+# meta_schema_20240725.json's required keys and types (as in test_bundle_catheter.py)
+SCHEMA_REQUIRED = {
+    "schema": str,
+    "version": str,
+    "monai_version": str,
+    "pytorch_version": str,
+    "numpy_version": str,
+    "required_packages_version": dict,
+    "task": str,
+    "description": str,
+    "authors": str,
+    "copyright": str,
+    "network_data_format": dict,
+}
+SCHEMA_OPTIONAL = {
+    "changelog": dict,
+    "data_source": str,
+    "data_type": str,
+    "image_classes": str,
+    "label_classes": str,
+    "pred_classes": str,
+    "eval_metrics": dict,
+    "intended_use": str,
+    "references": list,
+    "supported_apps": dict,
+}
+TENSOR_REQUIRED = {
+    "type": str,
+    "format": str,
+    "num_channels": int,
+    "spatial_shape": list,
+    "dtype": str,
+    "value_range": list,
+}
+TENSOR_OPTIONAL = {"is_patch_data": bool, "channel_def": dict}
+
+
+def check_tensor(where: str, tensor: Any) -> None:
+    """An ``argument``/``result`` of the schema: a number, string, boolean or a tensor object."""
+    if isinstance(tensor, (int, float, str, bool)):
+        return
+    assert isinstance(tensor, dict), where
+    for key, kind in TENSOR_REQUIRED.items():
+        assert isinstance(tensor.get(key), kind) and not isinstance(tensor.get(key), bool), f"{where}: {key}"
+    for key, kind in TENSOR_OPTIONAL.items():
+        assert key not in tensor or isinstance(tensor[key], kind), f"{where}: {key}"
+    assert all(isinstance(s, (str, int)) and not isinstance(s, bool) for s in tensor["spatial_shape"]), where
+    assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in tensor["value_range"]), where
+
+
+def test_metadata_has_the_mandatory_keys() -> None:
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    for key, kind in SCHEMA_REQUIRED.items():
+        assert isinstance(meta.get(key), kind), key
+    for key, kind in SCHEMA_OPTIONAL.items():
+        assert key not in meta or isinstance(meta[key], kind), key
+    assert meta["version"] in meta["changelog"]
+    nd = meta["network_data_format"]
+    for group in ("inputs", "outputs", "post_processed_outputs"):
+        for key, tensor in nd[group].items():
+            check_tensor(f"network_data_format.{group}.{key}", tensor)
+    train = json.loads((CONFIGS / "train.json").read_text())
+    assert nd["inputs"]["image"]["spatial_shape"] == nd["outputs"]["pred"]["spatial_shape"] == train["input_size"]
+    assert nd["outputs"]["pred"]["num_channels"] == nd["post_processed_outputs"]["points"]["num_channels"] == 37
+    assert [nd["outputs"]["pred"]["channel_def"][str(i)] for i in range(37)] == list(HAND_XRAY_LANDMARKS)
+    assert (BUNDLE / "LICENSE").is_file() and (BUNDLE / "docs" / "README.md").is_file()
+
+
+# ------------------------------------------------------------------------------------------------ workflows
+
+
+def workflow(config_files: list[str], workflow_type: str, bundle_root: Path, dataset_dir: Path, **override: Any):
+    wf = ConfigWorkflow(
+        config_file=[str(CONFIGS / name) for name in config_files],
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=False,
+        workflow_type=workflow_type,
+        bundle_root=str(bundle_root),
+        dataset_dir=str(dataset_dir),
+        **{**TINY, **override},
+    )
+    wf.initialize()
+    return wf
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, dataset_dir: Path) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("bundle_root")
+    wf = workflow(["train.json"], "train", root, dataset_dir, max_epochs=EPOCHS)
+    missing = wf.check_properties()
+    wf.run()
+    evaluator = wf.parser.get_parsed_content("validate::evaluator")
+    result = {
+        "root": root,
+        "missing": missing,
+        "sigma_history": wf.parser.get_parsed_content("adaloss_schedule").sigma_history,
+        "metrics": dict(evaluator.state.metrics),
+        "trainer_metrics": dict(wf.parser.get_parsed_content("train::trainer").state.metrics),
+    }
+    wf.finalize()
+    return result
+
+
+def test_train_workflow(trained: dict[str, Any]) -> None:
+    assert trained["missing"] == []
+    assert trained["sigma_history"].shape == (EPOCHS + 1, 37)
+    assert bool((trained["sigma_history"] == 8.0).all())  # 32 / 4; the first update needs window + 1 epochs
+    assert trained["trainer_metrics"]["sigma/little_tip"] == 8.0
+    model_file = torch.load(trained["root"] / "models" / "model.pt", map_location="cpu", weights_only=True)
+    info = model_file["model_info"]
+    assert info["landmark_names"] == list(HAND_XRAY_LANDMARKS) and info["input_size"] == [32, 32]
+    assert info["normalize"] == "mean" and len(info["sigma"]) == 37
+    metrics = trained["metrics"]
+    # the 512-px-high PNGs are resized to a 32-px grid: 16 file pixels per grid pixel (the width's scale differs
+    # by its rounding, at most 0.5 / 16 of the 256-470 px widths)
+    assert metrics["val_mean_dist_px"] == pytest.approx(16 * metrics["val_mean_dist_input_px"], rel=0.03)
+    assert all(0.0 <= metrics[f"val_sdr_{r}px_input"] <= 1.0 for r in (2, 4, 8))
+    assert metrics["val_sdr_2px_input"] <= metrics["val_sdr_4px_input"] <= metrics["val_sdr_8px_input"]
+
+
+def test_points_follow_resize_and_pad(tmp_path: Path, dataset_dir: Path) -> None:
+    """Grid points lie on the image's landmarks, and a perfect heatmap decodes to the CSV points in file pixels."""
+    wf = workflow(["train.json"], "train", tmp_path, dataset_dir)
+    dataset = wf.parser.get_parsed_content("validate::dataset")
+    postprocessing = wf.parser.get_parsed_content("validate::postprocessing")
+    batch = list_data_collate([dataset[i] for i in range(len(dataset))])
+    images = batch["image"]
+    assert images.shape[1:] == (1, 32, 32)
+    for image, label, original in zip(images, batch["label"], batch["label_original"], strict=True):
+        width = int((image[0].sum(dim=1) > 0).sum())  # columns holding image content (the rest is padding)
+        offset = (32 - width) / 2
+        expected = (original.as_tensor() + 0.5) * 32 / 512 - 0.5  # longer side (height) 512 -> 32
+        expected[..., 0] += offset
+        assert torch.allclose(label.as_tensor(), expected, atol=0.6)  # padding is whole pixels, width rounded
+    targets = torch.stack(
+        [
+            GaussianHeatmapd("label", sigma=1.5, ref_image_keys="image")({"label": lbl, "image": img})[
+                "label_heatmap"
+            ].as_tensor()
+            for lbl, img in zip(batch["label"], images, strict=True)
+        ]
+    )
+    pred = images * 0 + targets
+    output = {"pred": pred, "image": images, "label": batch["label"], "label_original": batch["label_original"]}
+    for sample, out in zip(decollate_batch(batch), decollate_batch(output), strict=True):
+        _, out = engine_apply_transform(sample, out, postprocessing)
+        truth = out["label_points_original"].as_tensor()
+        assert out["pred_points_original"].shape == (37, 1, 2)
+        assert torch.allclose(out["pred_points_original"].as_tensor().float(), truth, atol=0.5)
+    wf.finalize()
+
+
+def test_evaluate_and_inference_workflows(trained: dict[str, Any], dataset_dir: Path, datalist: dict) -> None:
+    wf = workflow(["train.json", "evaluate.json"], "eval", trained["root"], dataset_dir)
+    assert wf.check_properties() == []
+    wf.run()
+    metrics = wf.parser.get_parsed_content("evaluator").state.metrics
+    wf.finalize()
+    assert all(math.isfinite(metrics[k]) for k in ("val_mean_dist_px", "val_mean_dist_input_px", "val_sdr_4px_input"))
+    assert "val_mean_dist_px" in (trained["root"] / "eval" / "metrics.csv").read_text()
+
+    wf = workflow(["train.json", "inference.json"], "infer", trained["root"], dataset_dir)
+    wf.run()
+    wf.finalize()
+    with (trained["root"] / "eval" / "predictions.csv").open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert [Path(row[0]).name for row in rows] == [Path(e["image"]).name for e in datalist["test"][:2]]
+    assert all(len(row) == 1 + 37 * 2 and all(math.isfinite(float(v)) for v in row[1:]) for row in rows)
+    widths = [size[0] for size in (e["image_size"] for e in datalist["test"][:2])]
+    assert all(-0.5 <= float(x) <= w - 0.5 for row, w in zip(rows, widths, strict=True) for x in row[1::2])
