@@ -1,11 +1,12 @@
-"""Batch landmark inference over DICOM files: robust, resumable, sharded, with DICOM SR output.
+"""Batch landmark inference over DICOM files or PNG/JPEG frames: robust, resumable, sharded, with DICOM SR output.
 
 Use ``monai-adaloss infer`` (:mod:`.command`), :class:`InferenceRunner` from Python, or a bundle's
 ``configs/inference.json`` (whose ``evaluator`` is an :class:`InferenceRunner`); all three run the
 same code. See ``docs/inference.md`` for the output formats, coordinates and exit codes.
 
 Modules, one job each: :mod:`.inputs` (which files), :mod:`.model` (checkpoint -> network),
-:mod:`.decode` (file -> network inputs, in workers), :mod:`.pool` (crash-contained decoding
+:mod:`.decode` (file -> network inputs, in workers; the checkpoint's reader picks DICOM or
+:mod:`.images`), :mod:`.pool` (crash-contained decoding
 workers), :mod:`.heatmap_points` (heatmaps -> points), :mod:`.records` (points -> records),
 :mod:`.outputs` (crash-safe logs, merge), :mod:`.sharding` (ranks), :mod:`.sr` (DICOM SR),
 :mod:`.overlays` (PNGs), :mod:`.runner` (the loop), :mod:`.command` (CLI).
@@ -14,6 +15,7 @@ workers), :mod:`.heatmap_points` (heatmaps -> points), :mod:`.records` (points -
 from .decode import DecodedFile, DecodeFailure, DecodeSettings, decode_file
 from .errors import ExitCode, InferenceConfigError
 from .heatmap_points import HeatmapDecoder
+from .images import ImageReadError
 from .inputs import InputFiles
 from .model import DEFAULT_NETWORK_MODULES, LandmarkModel, build_network, load_checkpoint
 from .outputs import merge_outputs
@@ -30,6 +32,7 @@ __all__ = [
     "DecodedFile",
     "ExitCode",
     "HeatmapDecoder",
+    "ImageReadError",
     "InferenceConfigError",
     "InferenceRunner",
     "InferenceSummary",

@@ -31,15 +31,16 @@ def add_infer_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     """Add ``infer`` to the ``monai-adaloss`` sub-commands; it sets ``func`` to :func:`run_infer_command`."""
     parser = subparsers.add_parser(
         "infer",
-        help="run a trained landmark model over DICOM files",
+        help="run a trained landmark model over DICOM files or PNG/JPEG frames",
         description=(
-            "Run a trained landmark model over DICOM files (every frame); write records (JSON Lines, CSV), a "
-            "JSON summary, an errors file, and optionally DICOM SRs and overlay PNGs."
+            "Run a trained landmark model over DICOM files (every frame) or PNG/JPEG frames, as the checkpoint's "
+            "preprocessing reader says; write records (JSON Lines, CSV), a JSON summary, an errors file, and "
+            "optionally DICOM SRs (DICOM inputs only) and overlay PNGs."
         ),
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="DICOM files and folders (searched recursively)")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="input files and folders (searched recursively)")
     parser.add_argument(
         "--list",
         dest="list_files",
@@ -60,7 +61,9 @@ def add_infer_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument("--device", help="torch device (default: cuda:LOCAL_RANK when available, else cpu)")
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="no float16 autocast on CUDA")
     parser.add_argument("--resume", action="store_true", help="skip files finished by an earlier run of this output")
-    parser.add_argument("--sr", dest="write_sr", action="store_true", help="write a DICOM SR (TID 1500) per image")
+    parser.add_argument(
+        "--sr", dest="write_sr", action="store_true", help="write a DICOM SR (TID 1500) per DICOM image"
+    )
     parser.add_argument("--overlays", dest="write_overlays", action="store_true", help="write a PNG per frame")
     parser.add_argument(
         "--decode-timeout",

@@ -1,16 +1,25 @@
 """Turn one input file into network inputs: the work a decoding worker process does.
 
-:func:`decode_file` reads every frame of a 2D X-ray DICOM file with
-:class:`~monai_adaloss.io.XRayDicomReader` (intensities in ``[0, 1]``, MONOCHROME2-like, layout
-``(X, Y)`` = (columns, rows)) and resizes the frames to the model's input size with MONAI's
-``Resize``, as the checkpoint's preprocessing says. It runs in a worker process, so that a decoder
-that crashes takes only that process down (see :mod:`.pool`); anything it returns must pickle.
+The checkpoint's ``preprocessing["reader"]`` selects how :func:`decode_file` reads a file:
+
+- ``"XRayDicomReader"`` (the default): every frame of a 2D X-ray DICOM file, with
+  :class:`~monai_adaloss.io.XRayDicomReader` (intensities in ``[0, 1]``, MONOCHROME2-like), with the
+  file's pixel spacing and UIDs;
+- ``"PILReader"`` (MONAI's reader for natural images): one PNG / JPEG frame with ``channels`` 1 or 3
+  (:mod:`.images`, intensities ``value / 255``), without spacing or UIDs.
+
+Either way the layout is ``(C, X, Y)`` = (channels, columns, rows) and the frames are resized to the
+model's input size with MONAI's ``Resize``, as the checkpoint's preprocessing says. It runs in a
+worker process, so that a decoder that crashes takes only that process down (see :mod:`.pool`);
+anything it returns must pickle.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,8 +32,15 @@ from pydicom.dataset import Dataset
 from ..io import DEFAULT_MAX_PIXELS, XRayDicomReader, read_all_frames
 from ..model_info import LandmarkModelInfo
 from .errors import InferenceConfigError
+from .images import IMAGE_MODES, read_image
 
-__all__ = ["DecodeFailure", "DecodeFn", "DecodeSettings", "DecodedFile", "decode_file"]
+__all__ = ["DICOM_READER", "IMAGE_READER", "DecodeFailure", "DecodeFn", "DecodeSettings", "DecodedFile", "decode_file"]
+
+DICOM_READER = "XRayDicomReader"
+"""``preprocessing["reader"]`` of models that read 2D X-ray DICOM frames (the default)."""
+IMAGE_READER = "PILReader"
+"""``preprocessing["reader"]`` of models that read PNG / JPEG frames (MONAI's ``LoadImage(reader="PILReader")``)."""
+
 
 # header attributes an SR needs from its source image (highdicom copies the patient and study ones)
 _SR_SOURCE_KEYWORDS = (
@@ -44,15 +60,19 @@ class DecodeSettings:
 
     Attributes:
         input_size: the network's input grid ``(X, Y)``, tensor-axis order.
+        reader: :data:`DICOM_READER` or :data:`IMAGE_READER`.
+        channels: input channels of the network (1 for DICOM; 1 or 3 for images).
         apply_voi_lut: apply the file's VOI LUT/window (``XRayDicomReader``).
         resize_mode: MONAI ``Resize`` interpolation mode (``align_corners`` is left at MONAI's default).
         anti_aliasing: MONAI ``Resize`` anti-aliasing when down-sampling.
         max_pixels: files with more than Rows x Columns x NumberOfFrames pixels are rejected.
-        keep_header: return the header attributes an SR references (for ``write_sr``).
+        keep_header: return the header attributes an SR references (for ``write_sr``; DICOM only).
         keep_display: return the frames at full resolution as uint8 (for overlays).
     """
 
     input_size: tuple[int, int]
+    reader: str = DICOM_READER
+    channels: int = 1
     apply_voi_lut: bool = True
     resize_mode: str = InterpolateMode.AREA.value
     anti_aliasing: bool = False
@@ -64,13 +84,15 @@ class DecodeSettings:
     def from_model_info(cls, info: LandmarkModelInfo, **kwargs: Any) -> DecodeSettings:
         """Read ``info.preprocessing`` and ``info.input_size``; ``kwargs`` set the other fields.
 
-        Known preprocessing keys: ``reader`` (``"XRayDicomReader"``), ``apply_voi_lut`` (default
-        true), ``resize_mode`` (default ``"area"``, MONAI ``Resize``'s default), ``anti_aliasing``
-        (default false), ``intensity`` (``"[0, 1]"``, what the reader gives) and ``channels`` (1).
+        Known preprocessing keys: ``reader`` (``"XRayDicomReader"``, the default, or ``"PILReader"``),
+        ``apply_voi_lut`` (DICOM only, default true), ``resize_mode`` (default ``"area"``, MONAI
+        ``Resize``'s default), ``anti_aliasing`` (default false), ``intensity`` (``"[0, 1]"``: what the
+        DICOM reader gives, or 8-bit values / 255) and ``channels`` (1 for DICOM; 1 or 3 for images).
 
         Raises:
-            InferenceConfigError: a 2D input size is missing, or a key or value is not one inference
-                can apply (applying part of a preprocessing would give wrong results silently).
+            InferenceConfigError: a 2D input size is missing, a key or value is not one inference
+                can apply (applying part of a preprocessing would give wrong results silently), or
+                ``keep_header`` (SR output) is asked of a model that reads images without UIDs.
         """
         pre: Mapping[str, Any] = info.preprocessing
         unknown = sorted(set(pre) - set(_PREPROCESSING_KEYS))
@@ -79,19 +101,35 @@ class DecodeSettings:
                 f"The checkpoint's preprocessing has keys inference cannot apply: {unknown} "
                 f"(known: {list(_PREPROCESSING_KEYS)})."
             )
-        expected = {"reader": "XRayDicomReader", "intensity": "[0, 1]", "channels": 1}
-        for key, value in expected.items():
-            if key in pre and pre[key] != value:
+        reader = pre.get("reader", DICOM_READER)
+        channels = pre.get("channels", 1)
+        supported: dict[str, tuple[Any, ...]] = {
+            "reader": (DICOM_READER, IMAGE_READER),
+            "intensity": ("[0, 1]",),
+            "channels": (1,) if reader == DICOM_READER else tuple(IMAGE_MODES),
+        }
+        for key, values in supported.items():
+            if key in pre and pre[key] not in values:
                 raise InferenceConfigError(
-                    f"The checkpoint's preprocessing `{key}` is {pre[key]!r}; inference supports {value!r}."
+                    f"The checkpoint's preprocessing `{key}` is {pre[key]!r}; inference supports "
+                    f"{' or '.join(repr(v) for v in values)} (reader {reader!r})."
                 )
+        if reader != DICOM_READER and "apply_voi_lut" in pre:
+            raise InferenceConfigError(f"The checkpoint's preprocessing `apply_voi_lut` is for DICOM, not {reader!r}.")
+        if reader != DICOM_READER and kwargs.get("keep_header"):
+            raise InferenceConfigError(
+                f"DICOM SR output needs DICOM inputs with UIDs to reference; this model reads PNG/JPEG images "
+                f"(preprocessing reader {reader!r}). Run without --sr (write_sr=False)."
+            )
         if len(info.input_size) != 2:
-            raise InferenceConfigError(f"DICOM X-ray inference needs a 2D `input_size`, got {list(info.input_size)}.")
+            raise InferenceConfigError(f"2D frame inference needs a 2D `input_size`, got {list(info.input_size)}.")
         mode = str(pre.get("resize_mode", cls.resize_mode))
         if mode not in {m.value for m in InterpolateMode}:
             raise InferenceConfigError(f"The checkpoint's preprocessing `resize_mode` {mode!r} is not a MONAI mode.")
         return cls(
             input_size=(int(info.input_size[0]), int(info.input_size[1])),
+            reader=str(reader),
+            channels=int(channels),
             apply_voi_lut=bool(pre.get("apply_voi_lut", True)),
             resize_mode=mode,
             anti_aliasing=bool(pre.get("anti_aliasing", False)),
@@ -105,13 +143,16 @@ class DecodedFile:
 
     Attributes:
         path: the file.
-        images: ``(F, 1, *input_size)`` float32 network inputs, one per frame, in frame order.
+        images: ``(F, C, *input_size)`` float32 network inputs, one per frame, in frame order.
         original_size: ``(X, Y)`` = (Columns, Rows) of the file's frames.
         spacing: ``(column spacing, row spacing)`` in mm per pixel, ``None`` when unknown.
         spacing_source: the tag (rule) that gave the spacing, ``"none"`` when unknown.
-        uids: ``SOPInstanceUID``, ``SeriesInstanceUID``, ``StudyInstanceUID`` as stored ("" if absent).
+        uids: ``SOPInstanceUID``, ``SeriesInstanceUID``, ``StudyInstanceUID`` as stored ("" if absent;
+            always "" for a non-DICOM file).
         header: the attributes an SR needs (with ``keep_header``), else ``None``.
-        display: ``(F, X, Y)`` uint8 frames at full resolution (with ``keep_display``), else ``None``.
+        display: ``(F, X, Y)`` (greyscale) or ``(F, X, Y, 3)`` (colour) uint8 frames at full resolution
+            (with ``keep_display``), else ``None``.
+        dicom: whether the file is DICOM (its UIDs are checked and name its outputs).
     """
 
     path: str
@@ -122,10 +163,19 @@ class DecodedFile:
     uids: dict[str, str]
     header: Dataset | None = None
     display: np.ndarray | None = None
+    dicom: bool = True
 
     @property
     def num_frames(self) -> int:
         return int(self.images.shape[0])
+
+    @property
+    def output_name(self) -> str:
+        """What names the file's SR and overlays (unsanitised): the SOPInstanceUID of a DICOM file; for
+        another file its stem and 8 hex digits of its path's SHA-1 (stems repeat across folders)."""
+        if self.dicom:
+            return self.uids["SOPInstanceUID"]
+        return f"{Path(self.path).stem}_{hashlib.sha1(self.path.encode()).hexdigest()[:8]}"
 
 
 @dataclass(frozen=True)
@@ -148,11 +198,14 @@ DecodeFn = Callable[[str, DecodeSettings], DecodedFile]
 
 
 def decode_file(path: str, settings: DecodeSettings) -> DecodedFile:
-    """Read every frame of ``path`` and resize it to the network's input grid.
+    """Read every frame of ``path`` with ``settings.reader`` and resize it to the network's input grid.
 
     Raises:
-        DicomReadError: for any problem with the file (see :mod:`monai_adaloss.io.dicom`).
+        DicomReadError: for any problem with a DICOM file (see :mod:`monai_adaloss.io.dicom`).
+        ImageReadError: for any problem with an image file (see :mod:`.images`).
     """
+    if settings.reader == IMAGE_READER:
+        return _decode_image(path, settings)
     reader = XRayDicomReader(apply_voi_lut=settings.apply_voi_lut, max_pixels=settings.max_pixels)
     frames, meta = read_all_frames(path, reader)  # (F, X, Y) in [0, 1]
     resize = Resize(settings.input_size, mode=settings.resize_mode, anti_aliasing=settings.anti_aliasing)
@@ -168,6 +221,27 @@ def decode_file(path: str, settings: DecodeSettings) -> DecodedFile:
         uids={keyword: str(meta[keyword]) for keyword in _UID_KEYWORDS},
         header=_sr_source_header(path) if settings.keep_header else None,
         display=np.rint(frames * 255.0).astype(np.uint8) if settings.keep_display else None,
+    )
+
+
+def _decode_image(path: str, settings: DecodeSettings) -> DecodedFile:
+    """One PNG / JPEG frame: ``(1, C, *input_size)``, no spacing, empty UIDs."""
+    image = read_image(path, settings.channels, settings.max_pixels)  # (C, X, Y) in [0, 1]
+    resize = Resize(settings.input_size, mode=settings.resize_mode, anti_aliasing=settings.anti_aliasing)
+    resized = torch.as_tensor(resize(torch.from_numpy(image))).numpy()
+    display = None
+    if settings.keep_display:
+        pixels = np.rint(image * 255.0).astype(np.uint8)
+        display = pixels[:1] if settings.channels == 1 else np.moveaxis(pixels, 0, -1)[None]
+    return DecodedFile(
+        path=path,
+        images=np.ascontiguousarray(resized[None], dtype=np.float32),
+        original_size=(int(image.shape[1]), int(image.shape[2])),
+        spacing=None,
+        spacing_source="none",
+        uids=dict.fromkeys(_UID_KEYWORDS, ""),
+        display=display,
+        dicom=False,
     )
 
 

@@ -35,6 +35,7 @@ import torch
 
 from ..io import DicomReadError
 from .decode import DecodedFile, DecodeFailure, DecodeFn, DecodeSettings
+from .images import ImageReadError
 
 __all__ = ["DecodePool", "Outcome"]
 
@@ -58,7 +59,7 @@ def _worker_main(conn: Connection, decode_fn: DecodeFn, settings: DecodeSettings
         outcome: Outcome
         try:
             outcome = decode_fn(path, settings)
-        except DicomReadError as err:
+        except (DicomReadError, ImageReadError) as err:
             outcome = DecodeFailure(path, err.reason, type(err).__name__)
         except Exception as err:
             outcome = DecodeFailure(path, f"{type(err).__name__}: {err}", type(err).__name__)
@@ -171,7 +172,7 @@ class DecodePool:
     def _decode_inline(self, path: str) -> Outcome:
         try:
             return self.decode_fn(path, self.settings)
-        except DicomReadError as err:
+        except (DicomReadError, ImageReadError) as err:
             return DecodeFailure(path, err.reason, type(err).__name__)
         except Exception as err:
             return DecodeFailure(path, f"{type(err).__name__}: {err}", type(err).__name__)

@@ -5,8 +5,9 @@ One code path serves ``monai-adaloss infer``, the Python API and the bundle's ``
 1. The input files are listed (:class:`~.inputs.InputFiles`), sorted, and sharded by rank
    (``files[rank::world_size]``, ranks from ``torch.distributed`` or the ``RANK``/``WORLD_SIZE``
    variables ``torchrun`` sets). With ``resume``, files in a manifest are skipped.
-2. :class:`~.pool.DecodePool` workers decode each file (every frame) and resize it to the model's
-   input size (:func:`~.decode.decode_file`); a crash or hang costs only that file.
+2. :class:`~.pool.DecodePool` workers decode each file (every frame of a DICOM file, or one PNG/JPEG
+   frame, as the checkpoint's preprocessing reader says) and resize it to the model's input size
+   (:func:`~.decode.decode_file`); a crash, a hang or a corrupt file costs only that file.
 3. A ``DataLoader`` batches the frames of consecutive files; the network runs under
    ``torch.inference_mode`` (AMP float16 on CUDA) through the ``inferer``; heatmaps are decoded
    (:class:`~.heatmap_points.HeatmapDecoder`) and the points are mapped back to the original pixels.
@@ -104,7 +105,11 @@ class InferenceSummary:
 
 
 class InferenceRunner:
-    """Run a trained landmark model over DICOM files (module docstring); the bundle's ``evaluator``.
+    """Run a trained landmark model over DICOM files or PNG/JPEG frames (module docstring); a bundle's ``evaluator``.
+
+    The checkpoint's ``preprocessing["reader"]`` says which (:mod:`.decode`). Image files have no UIDs:
+    their records have empty UID fields, their overlays are named after the file, and ``write_sr`` is
+    refused.
 
     Args:
         checkpoint: the checkpoint (``models/model.pt`` of a bundle, or a training checkpoint).
@@ -112,14 +117,14 @@ class InferenceRunner:
         output_dir: where the outputs go (see :mod:`.outputs`); SRs in ``sr/``, overlays in ``overlays/``.
         network: the network to load the weights into (a bundle's ``network``); ``None`` builds it
             from the checkpoint's model info.
-        inferer: runs the network on a batch ``(B, 1, *input_size) -> (B, L, *input_size)``;
+        inferer: runs the network on a batch ``(B, C, *input_size) -> (B, L, *input_size)``;
             default ``monai.inferers.SimpleInferer()``.
         device: default ``cuda:{LOCAL_RANK}`` when CUDA is available, else CPU.
         batch_size: frames per network call.
         num_workers: decoding worker processes (0: decode in this process, without crash containment).
         amp: float16 autocast on CUDA (ignored on CPU).
         resume: skip the files the output folder's manifests list as finished, and continue its logs.
-        write_sr: write a DICOM Comprehensive SR (TID 1500) per image (:mod:`.sr`).
+        write_sr: write a DICOM Comprehensive SR (TID 1500) per image (:mod:`.sr`; DICOM models only).
         write_overlays: write a PNG per frame with the found landmarks (:mod:`.overlays`).
         progress: show a progress bar (frames/s); default: when stderr is a terminal.
         decode_timeout: seconds one file may take to decode before it fails; ``None``: no limit.
@@ -288,7 +293,7 @@ class _FileTracker:
         if isinstance(outcome, DecodeFailure):
             self._fail(outcome.path, outcome.reason, outcome.error)
             return None
-        reason = check_uids(outcome.uids)
+        reason = check_uids(outcome.uids) if outcome.dicom else None  # other files have no UIDs
         if reason is not None:
             self._fail(outcome.path, reason, "InvalidUID")
             return None
@@ -319,9 +324,7 @@ class _FileTracker:
             if self.sr_dir is not None:
                 write_structured_report(self.sr_dir, decoded.header, records, info.landmark_names, self.model.sha256)
             if self.overlay_dir is not None:
-                write_overlays(
-                    self.overlay_dir, decoded.display, records, info.landmark_names, decoded.uids["SOPInstanceUID"]
-                )
+                write_overlays(self.overlay_dir, decoded.display, records, info.landmark_names, decoded.output_name)
         except Exception as err:  # a header highdicom rejects, a full disk, ...
             self._fail(
                 decoded.path, f"cannot write the SR or overlays: {type(err).__name__}: {err}", type(err).__name__
