@@ -68,7 +68,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--channels", type=int, nargs="+", default=[8, 16, 32, 64, 128])
-    parser.add_argument("--fixed-sigmas", type=float, nargs="+", default=[2.0, 5.0, 12.0], help="working px")
+    parser.add_argument("--fixed-sigmas", type=float, nargs="*", default=[2.0, 5.0, 12.0], help="working px")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--plot", type=Path, default=Path("docs/images/hand_xray_sigma.png"))
