@@ -13,8 +13,8 @@
    matched distance (original-frame pixels) per clasper type. A prediction matches an annotated clasper
    of its type within ``--match-radius`` original pixels, one-to-one (Hungarian matching).
 
-    python benchmarks/endoscopy_eval.py --output-dir endo_out [--n-train 256] [--n-val 40] [--n-test 60]
-        [--frame-size 96 120] [--input-size 60 48] [--epochs 28] [--channels 8 16 32] [--batch-size 8]
+    python benchmarks/endoscopy_eval.py --output-dir endo_out [--n-train 384] [--n-val 40] [--n-test 60]
+        [--frame-size 96 120] [--input-size 60 48] [--epochs 36] [--channels 8 16 32] [--batch-size 8]
         [--match-radius 6] [--seed 0] [--threads 1]
 
 Outputs in ``--output-dir``: ``data/`` (frames and datalist), ``bundle/`` (models, TensorBoard logs,
@@ -47,12 +47,12 @@ SPLITS = {
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir", type=Path, required=True)
-    parser.add_argument("--n-train", type=int, default=256)
+    parser.add_argument("--n-train", type=int, default=384)
     parser.add_argument("--n-val", type=int, default=40)
     parser.add_argument("--n-test", type=int, default=60)
     parser.add_argument("--frame-size", type=int, nargs=2, default=[96, 120], metavar=("ROWS", "COLUMNS"))
     parser.add_argument("--input-size", type=int, nargs=2, default=[60, 48], metavar=("X", "Y"))
-    parser.add_argument("--epochs", type=int, default=28)
+    parser.add_argument("--epochs", type=int, default=36)
     parser.add_argument("--channels", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--match-radius", type=float, default=6.0, help="match radius, original-frame pixels")
