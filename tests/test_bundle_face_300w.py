@@ -151,6 +151,7 @@ def test_train_workflow_with_68_adaloss_landmarks(trained: dict[str, Any]) -> No
     info = model_file["model_info"]
     assert len(info["landmark_names"]) == 68 and len(info["sigma"]) == 68 and info["input_size"] == [32, 32]
     assert info["network"]["_target_"] == "monai_adaloss.networks.face_dense_unet"
+    assert info["preprocessing"]["crop_margin"] == 0.25  # inference reads it from here
     metrics = trained["metrics"]
     assert all(math.isfinite(metrics[k]) for k in ("val_nme_inter_ocular", "val_nme_inter_pupil", "val_mean_dist_px"))
     assert metrics["val_nme_inter_ocular"] < metrics["val_nme_inter_pupil"]  # outer corners lie wider than pupils

@@ -119,6 +119,7 @@ def test_train_workflow_saves_the_best_model_with_per_landmark_sigma(trained: di
     info = model_file["model_info"]
     assert info["landmark_names"] == list(VOLUME_LANDMARKS) and info["input_size"] == [24, 24, 24]
     assert info["normalize"] == "mean" and len(info["sigma"]) == 6
+    assert info["preprocessing"]["hu_window"] == [-1000, 1000]  # inference reads it from here
     assert trained["sigma_history"].shape == (EPOCHS + 1, 6)
     assert trained["sigma_history"][0].tolist() == [6.0] * 6  # 24 / 4; the first update comes after 4 epochs
     model = load_checkpoint(trained["root"] / "models" / "model.pt")
