@@ -200,7 +200,7 @@ def test_inference_writes_points_in_original_pixels(trained: dict[str, Any], roo
     assert record["points_world"] == record["points_voxel"]  # 2D pictures: the reader's affine is the identity
 
     # a perfect network output on the face crop: the writer gives the .pts points in original pixels
-    postprocessing.transforms[-1].output_dir = trained["root"] / "perfect"
+    postprocessing.transforms[-1].writer.output_dir = trained["root"] / "perfect"
     truth = torch.from_numpy(read_pts(folder / "000732.pts")).double()
     image = preprocessing({"image": str(folder / "000732.jpg"), "box_points": str(folder / "000732.pts")})["image"]
     on_grid = ApplyTransformToPoints(invert_affine=True)(truth[:, None], image.affine)  # original -> crop voxels

@@ -191,7 +191,7 @@ def test_inference_writes_voxel_and_world_points(trained: dict[str, Any], datase
 
     # a perfect network output: the writer gives the datalist's voxel indices and world mm
     out_dir = trained["root"] / "perfect"
-    postprocessing.transforms[-1].output_dir = out_dir
+    postprocessing.transforms[-1].writer.output_dir = out_dir
     voxels, worlds = (
         datalist_points(dataset_dir, "test", "label"),
         datalist_points(dataset_dir, "test", "label_world_mm"),

@@ -1,4 +1,4 @@
-"""SaveLandmarksd: points bound to a grid -> JSON in the file's voxel indices and world coordinates."""
+"""SaveLandmarks(d): points bound to a grid -> JSON in the file's voxel indices and world coordinates."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from monai_adaloss.writers import SaveLandmarksd
+from monai_adaloss.writers import SaveLandmarks, SaveLandmarksd
 
 
 def grid_affine() -> torch.Tensor:
@@ -49,6 +49,9 @@ def test_identity_file_affine_and_errors(tmp_path: Path) -> None:
     SaveLandmarksd("points", ["a", "b"], tmp_path / "flat", affine_key=None)(data)
     record = json.loads((tmp_path / "flat" / "ct_7_landmarks.json").read_text())
     assert record["points_voxel"] == record["points_world"] == {"a": [[12.0, 1.0, 9.0]], "b": []}
+    writer = SaveLandmarks(["a", "b"], tmp_path / "array", affine_key=None, output_postfix="")
+    assert writer(data["points"], data["image"].meta, postfix="_x") is data["points"]
+    assert json.loads((tmp_path / "array" / "ct_7_x.json").read_text())["points_voxel"] == record["points_voxel"]
     with pytest.raises(ValueError, match="channels"):
         SaveLandmarksd("points", ["a"], tmp_path)(data)
     with pytest.raises(ValueError, match="bound"):
