@@ -78,7 +78,9 @@ def bundle_path(name: str) -> Path:
     )
 
 
-def load_datalist(datalist: str | os.PathLike, split: str, base_dir: str | os.PathLike | None = None) -> list[dict]:
+def load_datalist(
+    datalist: str | os.PathLike, split: str, base_dir: str | os.PathLike | None = None, how_to_make: str | None = None
+) -> list[dict]:
     """Read one split of a landmark datalist (the format of ``monai-adaloss synth``, see the bundle's README).
 
     ``{"training": [entry, ...], "validation": [...], "test": [...]}`` with entries like
@@ -86,6 +88,9 @@ def load_datalist(datalist: str | os.PathLike, split: str, base_dir: str | os.Pa
     to ``base_dir`` (default: the datalist's folder), ``frame`` the 0-based frame of a multi-frame
     file (default 0), ``label`` inline points ``(x, y) = (column, row)`` or a CSV/JSON file (see
     :class:`~monai_adaloss.transforms.LoadLandmarks`).
+
+    ``how_to_make`` is the sentence the missing-datalist error gives on how to make one (default: the
+    synthetic data of ``monai-adaloss synth``).
 
     Returns:
         The split's entries (copies) with ``image`` (and ``label`` when it names an existing file)
@@ -97,9 +102,10 @@ def load_datalist(datalist: str | os.PathLike, split: str, base_dir: str | os.Pa
     """
     path = Path(datalist)
     if not path.is_file():
+        if how_to_make is None:
+            how_to_make = f"Make a synthetic dataset there with `monai-adaloss synth --output-dir {path.parent}`."
         raise FileNotFoundError(
-            f"Datalist `{path}` does not exist. Make a synthetic dataset there with "
-            f"`monai-adaloss synth --output-dir {path.parent}`, or set `dataset_dir` (or `datalist`) to your own "
+            f"Datalist `{path}` does not exist. {how_to_make} Or set `dataset_dir` (or `datalist`) to your own "
             "data (format: the bundle's docs/README.md)."
         )
     content = json.loads(path.read_text(encoding="utf-8"))

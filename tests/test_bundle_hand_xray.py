@@ -272,6 +272,15 @@ def test_train_workflow(trained: dict[str, Any]) -> None:
     assert metrics["val_sdr_2px_input"] <= metrics["val_sdr_4px_input"] <= metrics["val_sdr_8px_input"]
 
 
+def test_missing_datalist_says_how_to_build_one(tmp_path: Path) -> None:
+    wf = workflow(["train.json"], "train", tmp_path, tmp_path / "no_data", max_epochs=1)
+    with pytest.raises(RuntimeError) as raised:
+        wf.run()
+    assert isinstance(raised.value.__cause__, FileNotFoundError)
+    assert "write_hand_xray_datalist" in str(raised.value.__cause__)
+    assert str(tmp_path / "no_data" / "datalist.json") in str(raised.value.__cause__)
+
+
 def test_points_follow_resize_and_pad(tmp_path: Path, dataset_dir: Path) -> None:
     """Grid points lie on the image's landmarks, and a perfect heatmap decodes to the CSV points in file pixels."""
     wf = workflow(["train.json"], "train", tmp_path, dataset_dir)
