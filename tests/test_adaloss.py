@@ -64,10 +64,14 @@ def test_positive_step_kept_without_non_increasing_rule() -> None:
 
 
 def test_step_bound_floor_and_cap_defaults() -> None:
-    schedule = AdalossSchedule(32.0, num_landmarks=1)  # bound 10 % of sigma, floor 2, cap sigma_0
+    schedule = AdalossSchedule(32.0, num_landmarks=1)  # bound 20 % of sigma, floor 2, cap sigma_0
     history = run(schedule, LOSSES)
+    # -9.9 bounded to -6.4; -5.4 bounded to -5.12; refused; +0.7955 within the 4.096 bound
+    assert history == pytest.approx([32.0, 32.0, 32.0, 25.6, 20.48, 20.48, 20.48 + STEP_BACK], abs=1e-9)
+
+    tenth = AdalossSchedule(32.0, num_landmarks=1, max_step_fraction=0.1)
     # -9.9 bounded to -3.2; -5.4 bounded to -2.88; refused; +0.7955 within the 2.592 bound
-    assert history == pytest.approx([32.0, 32.0, 32.0, 28.8, 25.92, 25.92, 25.92 + STEP_BACK], abs=1e-9)
+    assert run(tenth, LOSSES) == pytest.approx([32.0, 32.0, 32.0, 28.8, 25.92, 25.92, 25.92 + STEP_BACK], abs=1e-9)
 
     floored = AdalossSchedule(3.0, num_landmarks=1, max_step_fraction=None, sigma_max=None, sigma_min=1.0)
     assert run(floored, LOSSES[:4])[-1] == 1.0
