@@ -70,7 +70,7 @@ def test_example_runs_and_reports(example: ModuleType, capsys: pytest.CaptureFix
     assert result.sigma_history[:4].eq(sigma_0).all()
     assert bool((result.sigma_history[4] < sigma_0).any())
     # the handler fed the epoch losses to the schedule: an independent schedule gives the same sigma
-    reference = AdalossSchedule(sigma_0, num_landmarks=num_landmarks)
+    reference = AdalossSchedule(sigma_0, num_landmarks=num_landmarks, max_step_fraction=0.1)
     for losses in result.loss_history:
         reference.update(losses)
     torch.testing.assert_close(result.sigma_history, reference.sigma_history, rtol=0, atol=1e-12)
