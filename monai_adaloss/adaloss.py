@@ -104,8 +104,8 @@ class AdalossSchedule:
         self.window = int(window)
         self.rho = _positive("rho", rho)
         self.non_increasing = bool(non_increasing)
-        self.max_step_fraction = None if max_step_fraction is None else _positive(
-            "max_step_fraction", max_step_fraction
+        self.max_step_fraction = (
+            None if max_step_fraction is None else _positive("max_step_fraction", max_step_fraction)
         )
         self.sigma_min = _positive("sigma_min", sigma_min)
         if isinstance(sigma_max, str):
@@ -117,13 +117,9 @@ class AdalossSchedule:
         else:
             cap = torch.full_like(sigma_0_t, _positive("sigma_max", sigma_max))
         if bool((sigma_0_t < self.sigma_min).any()):
-            raise ValueError(
-                f"Argument `sigma_0` must be >= sigma_min={self.sigma_min}, got {sigma_0_t.min().item()}."
-            )
+            raise ValueError(f"Argument `sigma_0` must be >= sigma_min={self.sigma_min}, got {sigma_0_t.min().item()}.")
         if bool((cap < self.sigma_min).any()):
-            raise ValueError(
-                f"Argument `sigma_max` must be >= sigma_min={self.sigma_min}, got {cap.min().item()}."
-            )
+            raise ValueError(f"Argument `sigma_max` must be >= sigma_min={self.sigma_min}, got {cap.min().item()}.")
         self.sigma_0 = sigma_0_t
         self.sigma_max = cap
         self._sigma = sigma_0_t.clone()
@@ -177,7 +173,10 @@ class AdalossSchedule:
         for landmark in (~valid).nonzero().flatten().tolist():
             logger.warning(
                 "Adaloss: no sigma update for landmark %d after epoch %d (loss variance %s, previous %s).",
-                landmark, t, v_now[landmark].item(), v_prev[landmark].item(),
+                landmark,
+                t,
+                v_now[landmark].item(),
+                v_prev[landmark].item(),
             )
         ratio = torch.where(valid, v_prev / torch.where(valid, v_now, torch.ones_like(v_now)), torch.ones_like(v_now))
         step = self.rho * (1.0 - ratio)
@@ -244,7 +243,9 @@ class AdalossSchedule:
             if key in state and state[key] != getattr(self, key):
                 logger.warning(
                     "Adaloss: resuming with %s=%s although the checkpoint was written with %s.",
-                    key, getattr(self, key), state[key],
+                    key,
+                    getattr(self, key),
+                    state[key],
                 )
         self._sigma = sigma
         self._loss_history = [[float(v) for v in row] for row in state["loss_history"]]

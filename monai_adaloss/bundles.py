@@ -73,9 +73,7 @@ def bundle_path(name: str) -> Path:
         found = _as_bundle(root.joinpath(name))
         if found is not None:
             return found
-    raise FileNotFoundError(
-        f"No bundle named {name!r} in {[str(r) for r in roots]}; available: {available_bundles()}."
-    )
+    raise FileNotFoundError(f"No bundle named {name!r} in {[str(r) for r in roots]}; available: {available_bundles()}.")
 
 
 def load_datalist(

@@ -294,9 +294,7 @@ def _predict(
 ) -> list[FrameResult]:
     """Run :class:`InferenceRunner` on the entries' files and pair each frame's tip with its ground truth."""
     images = sorted({entry["image"] for entry in entries})
-    InferenceRunner(
-        checkpoint=model_path, inputs=images, output_dir=output_dir, num_workers=0, progress=progress
-    ).run()
+    InferenceRunner(checkpoint=model_path, inputs=images, output_dir=output_dir, num_workers=0, progress=progress).run()
     found = {}
     with (output_dir / "records.jsonl").open(encoding="utf-8") as stream:
         for line in stream:
@@ -373,7 +371,9 @@ def run_demo(output_dir: str | os.PathLike, profile: DemoProfile, seed: int = 0,
         val_history=val_history,
         model_sigma=list(model_info["sigma"]),
         timings_s={
-            "data": data_done - started, "training": train_done - data_done, "inference": infer_done - train_done
+            "data": data_done - started,
+            "training": train_done - data_done,
+            "inference": infer_done - train_done,
         },
     )
     report.outputs = {
@@ -483,7 +483,10 @@ def _run_demo_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads or min(2, os.cpu_count() or 1))
     overrides = {
-        "epochs": args.epochs, "n_train": args.n_train, "input_size": args.input_size, "batch_size": args.batch_size
+        "epochs": args.epochs,
+        "n_train": args.n_train,
+        "input_size": args.input_size,
+        "batch_size": args.batch_size,
     }
     profile = replace(PROFILES[args.profile], **{k: v for k, v in overrides.items() if v is not None})
     try:
@@ -494,4 +497,3 @@ def _run_demo_command(args: argparse.Namespace) -> int:
     print(report.table())
     print("outputs: " + ", ".join(f"{k} {v}" for k, v in report.outputs.items()))
     return 0 if report.passed else 1
-

@@ -54,9 +54,7 @@ class AdalossHandler:
         num_landmarks = self.schedule.num_landmarks
         names = [f"landmark_{i}" for i in range(num_landmarks)] if landmark_names is None else list(landmark_names)
         if len(names) != num_landmarks:
-            raise ValueError(
-                f"Argument `landmark_names` must hold {num_landmarks} names, got {len(names)}: {names}."
-            )
+            raise ValueError(f"Argument `landmark_names` must hold {num_landmarks} names, got {len(names)}: {names}.")
         self.landmark_names = names
         self._sums: torch.Tensor | None = None
         self._counts: torch.Tensor | None = None

@@ -24,13 +24,9 @@ def check_points(points: torch.Tensor, name: str = "points") -> None:
     if not isinstance(points, torch.Tensor):
         raise ValueError(f"Argument `{name}` must be a torch.Tensor of shape (B, L, K, D), got {type(points)}.")
     if points.ndim != 4:
-        raise ValueError(
-            f"Argument `{name}` must have shape (B, L, K, D), got shape {tuple(points.shape)}."
-        )
+        raise ValueError(f"Argument `{name}` must have shape (B, L, K, D), got shape {tuple(points.shape)}.")
     if points.shape[-1] not in (1, 2, 3):
-        raise ValueError(
-            f"Argument `{name}` must have D (last dim) in {{1, 2, 3}}, got D={points.shape[-1]}."
-        )
+        raise ValueError(f"Argument `{name}` must have D (last dim) in {{1, 2, 3}}, got D={points.shape[-1]}.")
 
 
 def sigma_per_sample(
@@ -50,15 +46,12 @@ def sigma_per_sample(
         sigma_t = sigma_t.expand(batch_size, num_landmarks)
     elif sigma_t.ndim == 1:
         if sigma_t.shape[0] != num_landmarks:
-            raise ValueError(
-                f"Argument `sigma` must have shape (L,)=({num_landmarks},), got {tuple(sigma_t.shape)}."
-            )
+            raise ValueError(f"Argument `sigma` must have shape (L,)=({num_landmarks},), got {tuple(sigma_t.shape)}.")
         sigma_t = sigma_t.unsqueeze(0).expand(batch_size, num_landmarks)
     elif sigma_t.ndim == 2:
         if tuple(sigma_t.shape) != (batch_size, num_landmarks):
             raise ValueError(
-                f"Argument `sigma` must have shape (B, L)=({batch_size}, {num_landmarks}), "
-                f"got {tuple(sigma_t.shape)}."
+                f"Argument `sigma` must have shape (B, L)=({batch_size}, {num_landmarks}), got {tuple(sigma_t.shape)}."
             )
     else:
         raise ValueError(f"Argument `sigma` must be a float, (L,) or (B, L), got shape {tuple(sigma_t.shape)}.")
@@ -107,9 +100,7 @@ def render_gaussian_heatmaps(
     batch, num_landmarks, _, ndim = points.shape
     spatial_shape = tuple(int(s) for s in spatial_shape)
     if len(spatial_shape) != ndim:
-        raise ValueError(
-            f"Argument `spatial_shape` must have rank D={ndim} to match the points, got {spatial_shape}."
-        )
+        raise ValueError(f"Argument `spatial_shape` must have rank D={ndim} to match the points, got {spatial_shape}.")
     if any(s < 1 for s in spatial_shape):
         raise ValueError(f"Argument `spatial_shape` must be positive, got {spatial_shape}.")
     if normalize not in _NORMALIZATIONS:

@@ -148,7 +148,8 @@ class RandomStateCheckpoint:
         if int(state["world_size"]) != world_size:
             logger.warning(
                 "Random state not restored: the checkpoint was written by %d processes, this run has %d.",
-                state["world_size"], world_size,
+                state["world_size"],
+                world_size,
             )
             return
         own = state["ranks"][idist.get_rank()]

@@ -45,7 +45,7 @@ def test_first_update_is_after_window_plus_one_epochs() -> None:
         schedule = AdalossSchedule(32.0, num_landmarks=1, window=window, max_step_fraction=None, sigma_max=None)
         # a steadily falling loss whose variance shrinks: every possible update is negative
         history = run(schedule, [1.0 / (epoch + 1) ** 2 for epoch in range(window + 2)])
-        assert history[: window] == [32.0] * window
+        assert history[:window] == [32.0] * window
         assert history[window] < 32.0
 
 

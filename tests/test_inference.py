@@ -95,11 +95,14 @@ def test_oracle_points_map_back_to_hand_computed_pixels_and_mm(tmp_path):
     assert no_spacing["x_mm"] is None and no_spacing["y_mm"] is None and no_spacing["spacing_source"] == "none"
     ds = pydicom.dcmread(files["single"])
     assert (tip["sop_instance_uid"], tip["series_instance_uid"], tip["study_instance_uid"]) == (
-        ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.StudyInstanceUID
+        ds.SOPInstanceUID,
+        ds.SeriesInstanceUID,
+        ds.StudyInstanceUID,
     )
-    assert set(tip) == set(RECORD_FIELDS) and tip["model_sha256"] == load_checkpoint(
-        tmp_path / "model.pt", network_modules=ORACLE_MODULES
-    ).sha256[:16]
+    assert (
+        set(tip) == set(RECORD_FIELDS)
+        and tip["model_sha256"] == load_checkpoint(tmp_path / "model.pt", network_modules=ORACLE_MODULES).sha256[:16]
+    )
 
 
 def test_points_follow_the_file_layout_frame_by_frame(tmp_path):
@@ -244,8 +247,9 @@ def assert_same_outputs(reference: Path, out: Path) -> None:
             else:
                 assert mine[key] == value, key
     assert (out / "errors.jsonl").read_text() == (reference / "errors.jsonl").read_text()
-    mine_summary, reference_summary = json.loads((out / "summary.json").read_text()), json.loads(
-        (reference / "summary.json").read_text()
+    mine_summary, reference_summary = (
+        json.loads((out / "summary.json").read_text()),
+        json.loads((reference / "summary.json").read_text()),
     )
     assert mine_summary == reference_summary
     assert len((out / "records.csv").read_text().splitlines()) == len(expected) + 1

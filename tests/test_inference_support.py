@@ -290,4 +290,3 @@ def subprocess_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), env.get("PYTHONPATH", "")])
     env["OMP_NUM_THREADS"] = "1"
     return env
-

@@ -257,8 +257,10 @@ def write_dicom(
     if not frames:
         raise ValueError("Argument `frames` must hold at least one frame.")
     first = frames[0]
-    if any((f.raster.shape, f.bits_stored, f.geometry) != (first.raster.shape, first.bits_stored, first.geometry)
-           for f in frames):
+    if any(
+        (f.raster.shape, f.bits_stored, f.geometry) != (first.raster.shape, first.bits_stored, first.geometry)
+        for f in frames
+    ):
         raise ValueError("Argument `frames` must share shape, bits_stored and geometry (one scene).")
     if options.sop_class == "DX" and len(frames) > 1:
         raise ValueError(f"DX images hold one frame, got {len(frames)}.")
