@@ -19,7 +19,7 @@ def test_state_dict_reads_live_sigma_and_loads_weights_only(tmp_path) -> None:  
     path = tmp_path / "model.pt"
     torch.save({"model_info": info.state_dict()}, path)
     loaded = load_model_info(path)
-    assert loaded.sigma == pytest.approx([14.4, 14.4])
+    assert loaded.sigma == pytest.approx([12.8, 12.8])  # one step bounded to 20 % of 16
     assert loaded.landmark_names == ["tip", "marker"]
     assert loaded.network == NETWORK
     assert loaded.preprocessing == {"intensity": "[0, 1]"}
