@@ -97,7 +97,7 @@ class DemoProfile:
 
 PROFILES: dict[str, DemoProfile] = {
     "cpu": DemoProfile(
-        n_train=300, n_val=40, n_test=60, frame_size=256, input_size=128, channels=(8, 16, 32), epochs=30, batch_size=4
+        n_train=400, n_val=40, n_test=60, frame_size=256, input_size=128, channels=(8, 16, 32), epochs=30, batch_size=4
     ),
     "tiny": DemoProfile(
         n_train=8, n_val=4, n_test=4, frame_size=64, input_size=32, channels=(4, 8, 16), epochs=2, batch_size=4
