@@ -490,6 +490,9 @@ def distributed_worker(rank: int, world_size: int, port: int, out_dir: str) -> N
             "rng_restored": torch.equal(torch.get_rng_state(), own_rng),
         }
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+        # both ranks leave together: a rank tearing gloo down while its peer is still in the last
+        # collective made the other process abort ("terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
