@@ -2,7 +2,7 @@
 
 - metadata.json against every mandatory key and type of MONAI's bundle schema (meta_schema_20240725.json:
   not shipped with MONAI, and ``monai.bundle.verify_metadata`` downloads it, so the schema's rules are written
-  out here);
+  out in ``bundle_checks.py``);
 - train.json through ``ConfigWorkflow(workflow_type="train")``: properties, ``models/model.pt`` (weights-only
   ``{"model", "model_info"}`` with the sigma of the best epoch, loadable by the inference code), the full
   checkpoint, sigma in TensorBoard, resuming from the latest checkpoint;
@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
+from bundle_checks import SCHEMA_OPTIONAL, SCHEMA_REQUIRED, bundle_workflow, check_tensor
 from monai.data import decollate_batch, list_data_collate
 from monai.engines.utils import engine_apply_transform
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -49,13 +49,7 @@ TINY = {
 EPOCHS = 5  # sigma's first update is after window + 1 = 4 epochs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    """Tiny networks run faster, and much steadier on a busy machine, with one intra-op thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
@@ -68,17 +62,7 @@ def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def workflow(config_files: list[str], workflow_type: str, bundle_root: Path, dataset_dir: Path, **override: Any):
     """A ``ConfigWorkflow`` of the bundle's configs with the tiny overrides, initialised."""
-    wf = ConfigWorkflow(
-        config_file=[str(CONFIGS / name) for name in config_files],
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=False,
-        workflow_type=workflow_type,
-        bundle_root=str(bundle_root),
-        dataset_dir=str(dataset_dir),
-        **{**TINY, **override},
-    )
-    wf.initialize()
-    return wf
+    return bundle_workflow(CONFIGS, config_files, workflow_type, bundle_root, dataset_dir, **{**TINY, **override})
 
 
 @pytest.fixture(scope="module")
@@ -102,56 +86,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory, dataset_dir: Path) -> dict
 
 
 # ------------------------------------------------------------------------------------------------ metadata
-
-# meta_schema_20240725.json (https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/): the
-# required top-level keys with their JSON types, and the required keys of a tensor in network_data_format
-SCHEMA_REQUIRED = {
-    "schema": str,
-    "version": str,
-    "monai_version": str,
-    "pytorch_version": str,
-    "numpy_version": str,
-    "required_packages_version": dict,
-    "task": str,
-    "description": str,
-    "authors": str,
-    "copyright": str,
-    "network_data_format": dict,
-}
-SCHEMA_OPTIONAL = {
-    "changelog": dict,
-    "data_source": str,
-    "data_type": str,
-    "image_classes": str,
-    "label_classes": str,
-    "pred_classes": str,
-    "eval_metrics": dict,
-    "intended_use": str,
-    "references": list,
-    "supported_apps": dict,
-}
-TENSOR_REQUIRED = {
-    "type": str,
-    "format": str,
-    "num_channels": int,
-    "spatial_shape": list,
-    "dtype": str,
-    "value_range": list,
-}
-TENSOR_OPTIONAL = {"is_patch_data": bool, "channel_def": dict}
-
-
-def check_tensor(where: str, tensor: Any) -> None:
-    """An ``argument``/``result`` of the schema: a number, string, boolean or a tensor object."""
-    if isinstance(tensor, (int, float, str, bool)):
-        return
-    assert isinstance(tensor, dict), where
-    for key, kind in TENSOR_REQUIRED.items():
-        assert isinstance(tensor.get(key), kind) and not isinstance(tensor.get(key), bool), f"{where}: {key}"
-    for key, kind in TENSOR_OPTIONAL.items():
-        assert key not in tensor or isinstance(tensor[key], kind), f"{where}: {key}"
-    assert all(isinstance(s, (str, int)) and not isinstance(s, bool) for s in tensor["spatial_shape"]), where
-    assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in tensor["value_range"]), where
 
 
 def test_metadata_follows_the_bundle_schema() -> None:

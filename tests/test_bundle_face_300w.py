@@ -19,17 +19,15 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
+from bundle_checks import bundle_workflow, check_metadata_schema
 from monai.data import decollate_batch, list_data_collate
 from monai.engines.utils import engine_apply_transform
 from monai.transforms import ApplyTransformToPoints
-from test_bundle_catheter import SCHEMA_OPTIONAL, SCHEMA_REQUIRED, check_tensor
 
 from monai_adaloss.bundles import bundle_path
 from monai_adaloss.heatmaps import render_gaussian_heatmaps
@@ -37,7 +35,10 @@ from monai_adaloss.io.faces300w import list_300w_split, read_pts
 from monai_adaloss.metrics import OUTER_EYE_CORNERS_300W, NormalizedMeanErrorMetric
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces_300w_samples"
-pytestmark = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"300-W samples not found at {SAMPLES}")
+pytestmark = [
+    pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"300-W samples not found at {SAMPLES}"),
+    pytest.mark.usefixtures("single_thread"),
+]
 
 BUNDLE = bundle_path("face_landmarks_300w")
 CONFIGS = BUNDLE / "configs"
@@ -50,14 +51,6 @@ TINY = {
     "val_batch_size": 3,
     "validation_every": 3,
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_pts(path: Path, points: list[list[float]]) -> None:
@@ -93,17 +86,7 @@ def root_300w(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def workflow(config_files: list[str], workflow_type: str, bundle_root: Path, dataset_dir: Path, **override: Any):
-    wf = ConfigWorkflow(
-        config_file=[str(CONFIGS / name) for name in config_files],
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=False,
-        workflow_type=workflow_type,
-        bundle_root=str(bundle_root),
-        dataset_dir=str(dataset_dir),
-        **override,
-    )
-    wf.initialize()
-    return wf
+    return bundle_workflow(CONFIGS, config_files, workflow_type, bundle_root, dataset_dir, **override)
 
 
 @pytest.fixture(scope="module")
@@ -127,15 +110,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory, root_300w: Path) -> dict[s
 
 def test_metadata_follows_the_bundle_schema() -> None:
     meta = json.loads((CONFIGS / "metadata.json").read_text())
-    for key, kind in SCHEMA_REQUIRED.items():
-        assert isinstance(meta.get(key), kind), f"mandatory key {key!r} missing or not {kind.__name__}"
-    for key, kind in SCHEMA_OPTIONAL.items():
-        assert key not in meta or isinstance(meta[key], kind), key
-    assert meta["version"] in meta["changelog"]
+    check_metadata_schema(meta)
     nd = meta["network_data_format"]
-    for group in ("inputs", "outputs", "post_processed_outputs"):
-        for key, tensor in nd[group].items():
-            check_tensor(f"{group}.{key}", tensor)
     train = json.loads((CONFIGS / "train.json").read_text())
     assert train["input_size"] == nd["inputs"]["image"]["spatial_shape"] == nd["outputs"]["pred"]["spatial_shape"]
     assert len(train["landmark_names"]) == nd["outputs"]["pred"]["num_channels"] == 68

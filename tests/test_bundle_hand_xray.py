@@ -18,13 +18,12 @@ import csv
 import json
 import math
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
+from bundle_checks import bundle_workflow, check_metadata_schema
 from monai.data import decollate_batch, list_data_collate
 from monai.engines.utils import engine_apply_transform
 
@@ -53,12 +52,7 @@ EPOCHS = 2
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"hand X-ray data not found at {DATA}")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
@@ -152,67 +146,11 @@ def test_to_source_pixels_keeps_pixel_centres() -> None:
 
 # ------------------------------------------------------------------------------------------------ metadata
 
-# meta_schema_20240725.json's required keys and types (as in test_bundle_catheter.py)
-SCHEMA_REQUIRED = {
-    "schema": str,
-    "version": str,
-    "monai_version": str,
-    "pytorch_version": str,
-    "numpy_version": str,
-    "required_packages_version": dict,
-    "task": str,
-    "description": str,
-    "authors": str,
-    "copyright": str,
-    "network_data_format": dict,
-}
-SCHEMA_OPTIONAL = {
-    "changelog": dict,
-    "data_source": str,
-    "data_type": str,
-    "image_classes": str,
-    "label_classes": str,
-    "pred_classes": str,
-    "eval_metrics": dict,
-    "intended_use": str,
-    "references": list,
-    "supported_apps": dict,
-}
-TENSOR_REQUIRED = {
-    "type": str,
-    "format": str,
-    "num_channels": int,
-    "spatial_shape": list,
-    "dtype": str,
-    "value_range": list,
-}
-TENSOR_OPTIONAL = {"is_patch_data": bool, "channel_def": dict}
-
-
-def check_tensor(where: str, tensor: Any) -> None:
-    """An ``argument``/``result`` of the schema: a number, string, boolean or a tensor object."""
-    if isinstance(tensor, (int, float, str, bool)):
-        return
-    assert isinstance(tensor, dict), where
-    for key, kind in TENSOR_REQUIRED.items():
-        assert isinstance(tensor.get(key), kind) and not isinstance(tensor.get(key), bool), f"{where}: {key}"
-    for key, kind in TENSOR_OPTIONAL.items():
-        assert key not in tensor or isinstance(tensor[key], kind), f"{where}: {key}"
-    assert all(isinstance(s, (str, int)) and not isinstance(s, bool) for s in tensor["spatial_shape"]), where
-    assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in tensor["value_range"]), where
-
 
 def test_metadata_has_the_mandatory_keys() -> None:
     meta = json.loads((CONFIGS / "metadata.json").read_text())
-    for key, kind in SCHEMA_REQUIRED.items():
-        assert isinstance(meta.get(key), kind), key
-    for key, kind in SCHEMA_OPTIONAL.items():
-        assert key not in meta or isinstance(meta[key], kind), key
-    assert meta["version"] in meta["changelog"]
+    check_metadata_schema(meta)
     nd = meta["network_data_format"]
-    for group in ("inputs", "outputs", "post_processed_outputs"):
-        for key, tensor in nd[group].items():
-            check_tensor(f"network_data_format.{group}.{key}", tensor)
     train = json.loads((CONFIGS / "train.json").read_text())
     assert nd["inputs"]["image"]["spatial_shape"] == nd["outputs"]["pred"]["spatial_shape"] == train["input_size"]
     assert nd["outputs"]["pred"]["num_channels"] == nd["post_processed_outputs"]["points"]["num_channels"] == 37
@@ -224,17 +162,7 @@ def test_metadata_has_the_mandatory_keys() -> None:
 
 
 def workflow(config_files: list[str], workflow_type: str, bundle_root: Path, dataset_dir: Path, **override: Any):
-    wf = ConfigWorkflow(
-        config_file=[str(CONFIGS / name) for name in config_files],
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=False,
-        workflow_type=workflow_type,
-        bundle_root=str(bundle_root),
-        dataset_dir=str(dataset_dir),
-        **{**TINY, **override},
-    )
-    wf.initialize()
-    return wf
+    return bundle_workflow(CONFIGS, config_files, workflow_type, bundle_root, dataset_dir, **{**TINY, **override})
 
 
 @pytest.fixture(scope="module")
