@@ -31,7 +31,6 @@ import math
 import os
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -81,7 +80,6 @@ class DemoProfile:
         channels: U-Net feature channels per level (the bundle's ``network_channels``).
         epochs: training epochs (validation after each).
         batch_size: training batch size.
-        overrides: further ``train.json`` overrides (config id -> value), e.g. ``{"sigma_min": 1.0}``.
     """
 
     n_train: int
@@ -92,7 +90,6 @@ class DemoProfile:
     channels: tuple[int, ...]
     epochs: int
     batch_size: int = 8
-    overrides: Mapping[str, Any] = field(default_factory=dict)
 
 
 PROFILES: dict[str, DemoProfile] = {
@@ -264,7 +261,6 @@ def _train(
         seed=seed,
         progress_bar=progress,
         **{"train::handlers::3::_disabled_": True, "validate::handlers::0::_disabled_": True},  # StatsHandlers
-        **dict(profile.overrides),
     )
     workflow.initialize()
     missing = workflow.check_properties()
