@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from scipy.stats import spearmanr
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "annotation_noise_study.py"
@@ -24,19 +23,14 @@ def _load_study():
 
 
 @pytest.fixture(scope="module")
-def study_run(tmp_path_factory: pytest.TempPathFactory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def study_run(tmp_path_factory: pytest.TempPathFactory, single_thread: None):
     out = tmp_path_factory.mktemp("noise_study")
     study = _load_study()
-    try:
-        results = study.main([
-            "--seeds", "0", "1", "--noise-px", "0", "3", "6", "--arc-lengths-mm", "3", "6", "9",
-            "--frame-size", "128", "--size", "32", "--n-train", "24", "--n-test", "6", "--epochs", "5",
-            "--channels", "4", "8", "16", "--threads", "1", "--quiet", "--output-dir", str(out),
-        ])  # fmt: skip
-    finally:
-        torch.set_num_threads(threads)
+    results = study.main([
+        "--seeds", "0", "1", "--noise-px", "0", "3", "6", "--arc-lengths-mm", "3", "6", "9",
+        "--frame-size", "128", "--size", "32", "--n-train", "24", "--n-test", "6", "--epochs", "5",
+        "--channels", "4", "8", "16", "--threads", "1", "--quiet", "--output-dir", str(out),
+    ])  # fmt: skip
     return study, results, out
 
 
