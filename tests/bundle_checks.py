@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +88,29 @@ def bundle_workflow(
     )
     wf.initialize()
     return wf
+
+
+def train_and_summarise(
+    wf: ConfigWorkflow, root: Path, also: Callable[[ConfigWorkflow], dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Check the train workflow's properties, run and finalise it; what the bundle tests read from it.
+
+    Returns ``root``, ``missing`` (required properties not found), ``sigma_history`` of the schedule
+    ``(epochs + 1, L)``, the evaluator's ``best_epoch``, ``best_metric`` and ``metrics``, the trainer's
+    ``trainer_metrics``, plus what ``also(wf)`` returns (read before the workflow is finalised).
+    """
+    missing = wf.check_properties()
+    wf.run()
+    evaluator = wf.parser.get_parsed_content("validate::evaluator")
+    result = {
+        "root": root,
+        "missing": missing,
+        "sigma_history": wf.parser.get_parsed_content("adaloss_schedule").sigma_history,
+        "best_epoch": evaluator.state.best_metric_epoch,
+        "best_metric": evaluator.state.best_metric,
+        "metrics": dict(evaluator.state.metrics),
+        "trainer_metrics": dict(wf.parser.get_parsed_content("train::trainer").state.metrics),
+        **(also(wf) if also is not None else {}),
+    }
+    wf.finalize()
+    return result

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 import torch
-from bundle_checks import SCHEMA_OPTIONAL, SCHEMA_REQUIRED, bundle_workflow, check_tensor
+from bundle_checks import SCHEMA_OPTIONAL, SCHEMA_REQUIRED, bundle_workflow, check_tensor, train_and_summarise
 from monai.data import decollate_batch, list_data_collate
 from monai.engines.utils import engine_apply_transform
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -70,19 +70,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, dataset_dir: Path) -> dict
     """train.json run for EPOCHS epochs; what the tests need from it."""
     root = tmp_path_factory.mktemp("bundle_root")
     wf = workflow(["train.json"], "train", root, dataset_dir, max_epochs=EPOCHS)
-    missing = wf.check_properties()
-    wf.run()
-    evaluator = wf.parser.get_parsed_content("validate::evaluator")
-    result = {
-        "root": root,
-        "missing": missing,
-        "sigma_history": wf.parser.get_parsed_content("adaloss_schedule").sigma_history,
-        "best_epoch": evaluator.state.best_metric_epoch,
-        "best_metric": evaluator.state.best_metric,
-        "metrics": dict(evaluator.state.metrics),
-    }
-    wf.finalize()
-    return result
+    return train_and_summarise(wf, root)
 
 
 # ------------------------------------------------------------------------------------------------ metadata

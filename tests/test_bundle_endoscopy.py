@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from bundle_checks import bundle_workflow, check_metadata_schema
+from bundle_checks import bundle_workflow, check_metadata_schema, train_and_summarise
 from monai.data import decollate_batch, list_data_collate
 from monai.engines.utils import engine_apply_transform
 from PIL import Image
@@ -72,19 +72,7 @@ def workflow(config_files: list[str], workflow_type: str, bundle_root: Path, dat
 def trained(tmp_path_factory: pytest.TempPathFactory, dataset_dir: Path) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("endoscopy_bundle_root")
     wf = workflow(["train.json"], "train", root, dataset_dir, max_epochs=EPOCHS)
-    missing = wf.check_properties()
-    wf.run()
-    evaluator = wf.parser.get_parsed_content("validate::evaluator")
-    result = {
-        "root": root,
-        "missing": missing,
-        "sigma_history": wf.parser.get_parsed_content("adaloss_schedule").sigma_history,
-        "best_epoch": evaluator.state.best_metric_epoch,
-        "best_metric": evaluator.state.best_metric,
-        "metrics": dict(evaluator.state.metrics),
-    }
-    wf.finalize()
-    return result
+    return train_and_summarise(wf, root)
 
 
 # ------------------------------------------------------------------------------------------------ configs

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import torch
-from bundle_checks import bundle_workflow, check_metadata_schema
+from bundle_checks import bundle_workflow, check_metadata_schema, train_and_summarise
 from monai.data import decollate_batch, list_data_collate
 from monai.engines.utils import engine_apply_transform
 from monai.transforms import ApplyTransformToPoints
@@ -93,19 +93,14 @@ def workflow(config_files: list[str], workflow_type: str, bundle_root: Path, dat
 def trained(tmp_path_factory: pytest.TempPathFactory, root_300w: Path) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("face_bundle")
     wf = workflow(["train.json"], "train", root, root_300w, max_epochs=1, **TINY)
-    missing = wf.check_properties()
-    wf.run()
-    evaluator = wf.parser.get_parsed_content("validate::evaluator")
-    result = {
-        "root": root,
-        "missing": missing,
-        "train_size": len(wf.parser.get_parsed_content("train::dataset")),
-        "val_size": len(wf.parser.get_parsed_content("validate::dataset")),
-        "sigma_history": wf.parser.get_parsed_content("adaloss_schedule").sigma_history,
-        "metrics": dict(evaluator.state.metrics),
-    }
-    wf.finalize()
-    return result
+    return train_and_summarise(
+        wf,
+        root,
+        also=lambda wf: {
+            "train_size": len(wf.parser.get_parsed_content("train::dataset")),
+            "val_size": len(wf.parser.get_parsed_content("validate::dataset")),
+        },
+    )
 
 
 def test_metadata_follows_the_bundle_schema() -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import torch
-from bundle_checks import bundle_workflow, check_metadata_schema
+from bundle_checks import bundle_workflow, check_metadata_schema, train_and_summarise
 from monai.data import decollate_batch, list_data_collate
 from monai.engines.utils import engine_apply_transform
 
@@ -169,18 +169,7 @@ def workflow(config_files: list[str], workflow_type: str, bundle_root: Path, dat
 def trained(tmp_path_factory: pytest.TempPathFactory, dataset_dir: Path) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("bundle_root")
     wf = workflow(["train.json"], "train", root, dataset_dir, max_epochs=EPOCHS)
-    missing = wf.check_properties()
-    wf.run()
-    evaluator = wf.parser.get_parsed_content("validate::evaluator")
-    result = {
-        "root": root,
-        "missing": missing,
-        "sigma_history": wf.parser.get_parsed_content("adaloss_schedule").sigma_history,
-        "metrics": dict(evaluator.state.metrics),
-        "trainer_metrics": dict(wf.parser.get_parsed_content("train::trainer").state.metrics),
-    }
-    wf.finalize()
-    return result
+    return train_and_summarise(wf, root)
 
 
 def test_train_workflow(trained: dict[str, Any]) -> None:
