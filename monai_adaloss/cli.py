@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from . import __version__
 from .demo import add_demo_command, add_synth_command
 from .inference.command import add_infer_command
+from .serve.command import add_serve_command
 
 __all__ = ["build_parser", "main"]
 
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_synth_command(subparsers)
     add_infer_command(subparsers)
+    add_serve_command(subparsers)
     add_demo_command(subparsers)
     return parser
 

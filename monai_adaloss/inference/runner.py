@@ -47,7 +47,7 @@ from .records import check_uids, file_records, network_to_original
 from .sharding import ShardGroup, shard
 from .sr import write_structured_report
 
-__all__ = ["InferenceRunner", "InferenceSummary"]
+__all__ = ["FileTracker", "InferenceRunner", "InferenceSummary", "infer_outcomes"]
 
 logger = logging.getLogger(__name__)
 
@@ -240,17 +240,12 @@ class InferenceRunner:
             torch.inference_mode(),
         ):
             network = model.network.to(device).eval()  # after the workers have started: they need no CUDA state
-            frames = _FrameStream(pool.imap_unordered(todo), tracker)
-            loader = DataLoader(frames, batch_size=self.batch_size, num_workers=0, pin_memory=device.type == "cuda")
-            for images, file_ids, frame_indices in loader:
-                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                    heatmaps = self.inferer(images.to(device, non_blocking=True), network)
-                points, confidence = decoder(heatmaps.float())
-                tracker.add(file_ids.tolist(), frame_indices.tolist(), points.cpu(), confidence.cpu())
-                bar.update(len(images))
+            outcomes = pool.imap_unordered(todo)
+            for frames in infer_outcomes(
+                outcomes, tracker, network, self.inferer, decoder, self.batch_size, device, use_amp
+            ):
+                bar.update(frames)
                 bar.set_postfix(files=f"{summary.succeeded + summary.failed}/{len(todo)}", failed=summary.failed)
-        if tracker.pending:
-            raise RuntimeError(f"{len(tracker.pending)} file(s) were decoded but not inferred")
 
     def _device(self) -> torch.device:
         if self.device is not None:
@@ -258,6 +253,38 @@ class InferenceRunner:
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return torch.device("cpu")
+
+
+def infer_outcomes(
+    outcomes: Iterator[Outcome],
+    tracker: _FileTracker,
+    network: nn.Module,
+    inferer: Inferer,
+    decoder: HeatmapDecoder,
+    batch_size: int,
+    device: torch.device,
+    use_amp: bool,
+) -> Iterator[int]:
+    """Batch the frames of decoded files across files, run the network, and hand the points to ``tracker``.
+
+    The loop of :meth:`InferenceRunner.run`, reused by the DICOM node (:mod:`monai_adaloss.serve`): call it
+    under ``torch.inference_mode()`` with ``network`` on ``device`` in eval mode. Frames ``(1, *input_size)``
+    are batched ``(B, 1, *input_size)``; heatmaps ``(B, L, *input_size)`` are decoded by ``decoder``. The
+    tracker commits each file when its last frame is done. Yields the number of frames of each batch.
+
+    Raises:
+        RuntimeError: a decoded file did not get all its frames inferred (a bug, not a bad input).
+    """
+    frames = _FrameStream(outcomes, tracker)
+    loader = DataLoader(frames, batch_size=batch_size, num_workers=0, pin_memory=device.type == "cuda")
+    for images, file_ids, frame_indices in loader:
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            heatmaps = inferer(images.to(device, non_blocking=True), network)
+        points, confidence = decoder(heatmaps.float())
+        tracker.add(file_ids.tolist(), frame_indices.tolist(), points.cpu(), confidence.cpu())
+        yield len(images)
+    if tracker.pending:
+        raise RuntimeError(f"{len(tracker.pending)} file(s) were decoded but not inferred")
 
 
 @dataclass
@@ -356,3 +383,7 @@ class _FrameStream(IterableDataset):
             file_id, images = started
             for frame in range(images.shape[0]):
                 yield torch.from_numpy(images[frame]), file_id, frame
+
+
+FileTracker = _FileTracker
+"""Public name of the per-file collector that commits records (and the SR), reused by :mod:`monai_adaloss.serve`."""
