@@ -147,7 +147,8 @@ def run_serve_command(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    for noisy in ("pynetdicom", "highdicom"):  # their INFO lines are per message / per attribute module
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     stop = threading.Event()
     node: DicomNode | None = None
     try:
