@@ -356,10 +356,10 @@ def test_refusals_get_the_right_status_a_log_line_and_nothing_spooled(tools, che
     big = support.make_dataset(np.zeros((256, 256)))  # 128 KiB of pixels > 0.05 MiB
     dx = support.make_dataset(np.zeros((16, 16)), Modality="DX", SOPClassUID=DigitalXRayImageStorageForPresentation)
     dx.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    cases = {"sr": (text_sr, "0x0122"), "big": (big, "0xa700"), "dx": (dx, "0xc000")}
+    cases = {"sr": (text_sr, "0x0122"), "big": (big, "0xa700"), "dx": (dx, "0xc000")}  # storescu -d: "DIMSE Status"
     for name, (ds, status) in cases.items():
         path = support.write(tmp_path / "in" / f"{name}.dcm", ds)
-        sent = osup.storescu(tools["storescu"], node.port, [path])
+        sent = osup.storescu(tools["storescu"], node.port, [path], extra=("-d",))
         assert status in (sent.stdout + sent.stderr).lower(), (name, sent.stdout + sent.stderr)
         assert (
             f"refused {ds.SOPInstanceUID}" in node.log() and f"status {status.upper().replace('X', 'x')}" in node.log()
@@ -372,20 +372,49 @@ def test_refusals_get_the_right_status_a_log_line_and_nothing_spooled(tools, che
 
 
 def test_files_infer_reads_the_node_reads_legacy_and_nonconformant(tools, checkpoint, orthanc, nodes, tmp_path):
+    """What ``infer --sr`` makes of real-world files, the node makes of them too (same records, same SR, a
+    failure only where infer fails); a legacy file without Part 10 meta, which storescu sends as a plain data
+    set, arrives as a proper instance and is inferred."""
     legacy = support.make_dataset(support.marker_frames((32, 40), [(9, 30)])[0], PixelSpacing=[0.2, 0.2])
     legacy_path = tmp_path / "in" / "legacy.dcm"
     legacy_path.parent.mkdir(parents=True)
-    legacy_path.write_bytes(_without_meta(legacy))
+    legacy_path.write_bytes(_without_meta(legacy))  # a pre-Part-10 file: no preamble, no meta, implicit VR
     odd = support.make_dataset(support.marker_frames((30, 30), [(3, 25)])[0], Modality="xa ")
     for keyword in ("PatientName", "PatientID"):
-        delattr(odd, keyword)  # Type 2 attributes missing
-    odd.StudyDate = "2020-01-01"  # wrong DA format
-    odd_path = support.write(tmp_path / "in" / "odd.dcm", odd)
+        delattr(odd, keyword)  # Type 2 attributes missing, a lower-case CS value
+    bad_date = support.make_dataset(support.marker_frames((30, 30), [(20, 5)])[0], StudyDate="2020-01-01")
+    files = [legacy_path, support.write(tmp_path / "in" / "odd.dcm", odd),
+             support.write(tmp_path / "in" / "bad_date.dcm", bad_date)]  # fmt: skip
     node = new_node(nodes, tmp_path, checkpoint, ["--destination", orthanc.destination])
-    assert osup.storescu(tools["storescu"], node.port, [legacy_path], extra=("-f",)).returncode == 0
-    assert osup.storescu(tools["storescu"], node.port, [odd_path]).returncode == 0
-    wait_for(lambda: len(orthanc.sr_instances()) == 2 and node.idle(), what="2 SRs")
-    assert_one_sr_each_like_infer(orthanc, [legacy_path, odd_path], checkpoint, tmp_path / "infer")
+    assert osup.storescu(tools["storescu"], node.port, files[:1], extra=("-f",)).returncode == 0  # -f: no meta
+    assert osup.storescu(tools["storescu"], node.port, files[1:]).returncode == 0
+    wait_for(lambda: node.status().get("inferred", 0) + node.status().get("failed", 0) == 3 and node.idle(),
+             what="the three instances processed")  # fmt: skip
+
+    out = tmp_path / "infer"
+    InferenceRunner(checkpoint, files, out, num_workers=1, batch_size=4, write_sr=True, progress=False).run()
+
+    def records(folder: Path) -> dict[str, list[dict]]:
+        rows: dict[str, list[dict]] = {}
+        for line in (folder / "records.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            del row["path"]  # the node's path is its queue file
+            rows.setdefault(row["sop_instance_uid"], []).append(row)
+        return rows
+
+    def reasons(folder: Path) -> set[str]:
+        return {json.loads(line)["reason"] for line in (folder / "errors.jsonl").read_text().splitlines()}
+
+    by_node, by_infer = records(node.spool), records(out)
+    assert sop_uid(files[1]) in by_infer, "infer reads the non-conformant file"
+    assert all(by_node.get(uid) == rows for uid, rows in by_infer.items())
+    assert sop_uid(legacy_path) in by_node and reasons(node.spool) <= reasons(out)
+    infer_sr_sources = {sr_source(pydicom.dcmread(p)) for p in (out / "sr").iterdir()}
+    assert infer_sr_sources <= set(orthanc_srs(orthanc)) and sop_uid(legacy_path) in orthanc_srs(orthanc)
+    for source in infer_sr_sources:
+        (in_orthanc,) = orthanc_srs(orthanc)[source]
+        (expected,) = [pydicom.dcmread(p) for p in (out / "sr").iterdir() if sr_source(pydicom.dcmread(p)) == source]
+        assert in_orthanc.SOPInstanceUID == expected.SOPInstanceUID and sr_summary(in_orthanc) == sr_summary(expected)
 
 
 def _without_meta(ds: Dataset) -> bytes:
