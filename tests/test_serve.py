@@ -63,8 +63,10 @@ def xray_files(folder: Path, count: int, start: int = 0) -> list[Path]:
     files = []
     for index in range(start, start + count):
         frames = 3 if index % 3 == 0 else 1
-        markers = [((4 + 5 * index + 3 * k) % 40, (7 + 2 * index + 5 * k) % 48) for k in range(frames)]
+        markers = [(4 + (5 * index + 3 * k) % 32, 4 + (2 * index + 5 * k) % 40) for k in range(frames)]
         pixels = support.marker_frames((40, 48), markers, seed=index)
+        for k, (row, col) in enumerate(markers):  # a 3 x 3 spot, so that it survives the resize to 32 x 32
+            pixels[k, max(row - 1, 0) : row + 2, max(col - 1, 0) : col + 2] = 4000
         tags: dict = {"PixelSpacing": [0.3, 0.3]}
         if index % 2:
             tags.update(SOPClassUID=XRayRadiofluoroscopicImageStorage, Modality="RF")
@@ -286,6 +288,11 @@ def test_each_image_gets_one_sr_in_orthanc_with_the_coordinates_infer_writes(
     assert len(study) == 1 and study[0]["MainDicomTags"]["SOPInstanceUID"] != source.SOPInstanceUID
     records = [json.loads(line) for line in (node.spool / "records.jsonl").read_text().splitlines()]
     assert len(records) == 3 + 1 + 1 + 3 + 1  # one landmark, every frame
+    frames = {sop_uid(f): pydicom.dcmread(f).pixel_array.reshape(-1, 40, 48) for f in files}
+    for record in records:  # the trained model finds each 3 x 3 spot: (x, y) = (column, row) of its centre
+        pixels = frames[record["sop_instance_uid"]][record["frame"]]
+        row, col = np.unravel_index(np.argmax(pixels), pixels.shape)  # the spot's top-left pixel
+        assert abs(record["x"] - (col + 1)) < 2 and abs(record["y"] - (row + 1)) < 2, record
     log = node.log()
     for path in files:
         uid = sop_uid(path)
@@ -500,3 +507,32 @@ def test_uid_in_a_store_request_is_never_a_path(tmp_path):
     assert not valid_uid("1" * 65) and not valid_uid("")
     assert valid_uid(str(generate_uid()))
     assert os.sep not in Spool(tmp_path / "s", 10).queue_dir.name
+
+
+def test_tls_echo_with_certificate_and_plain_connection_refused(tools, checkpoint, nodes, tmp_path):
+    """With --tls-cert/--tls-key the node speaks DICOM over TLS only."""
+    import shutil
+    import ssl
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "node.pem", tmp_path / "node.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)  # fmt: skip
+    node = new_node(nodes, tmp_path, checkpoint, ["--destination", f"PACS@127.0.0.1:{osup.free_port()}"],
+                    "--tls-cert", str(cert), "--tls-key", str(key))  # fmt: skip
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+    client.check_hostname = False
+    ae = AE(ae_title="TLSCLIENT")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AET, tls_args=(client, None))
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+    plain = subprocess.run([tools["echoscu"], "-aec", NODE_AET, "127.0.0.1", str(node.port)], capture_output=True,
+                           text=True, timeout=60)  # fmt: skip
+    assert plain.returncode != 0
+    assert node.terminate() == 0
