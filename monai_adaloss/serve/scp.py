@@ -119,11 +119,12 @@ class StorageSCP:
 
     def _on_rejected(self, event: evt.Event) -> None:
         self.counters.add(rejected=1)
-        logger.warning(
-            "rejected association from %s: calling AE title not in --allowed-aet %s",
-            _peer(event),
-            ",".join(self.ae.require_calling_aet),
-        )
+        allowed = self.ae.require_calling_aet
+        if allowed and event.assoc.requestor.ae_title.strip() not in allowed:
+            reason = f"calling AE title not in --allowed-aet {','.join(allowed)}"
+        else:
+            reason = f"too many associations (at most {self.ae.maximum_associations}) or a failed negotiation"
+        logger.warning("rejected association from %s: %s", _peer(event), reason)
 
     def _on_store(self, event: evt.Event) -> int:
         request = event.request

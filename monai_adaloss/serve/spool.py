@@ -104,6 +104,8 @@ class Spool:
         final = self.queue_dir / name
         os.replace(tmp, final)
         fsync_dir(self.queue_dir)
+        with self._lock:  # count the file as it is on disk (meta and preamble too), as remove() releases it
+            self._bytes += final.stat().st_size - len(dataset_bytes)
         return final
 
     def remove(self, path: Path) -> None:
