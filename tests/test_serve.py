@@ -536,3 +536,21 @@ def test_tls_echo_with_certificate_and_plain_connection_refused(tools, checkpoin
                            text=True, timeout=60)  # fmt: skip
     assert plain.returncode != 0
     assert node.terminate() == 0
+
+
+def test_cli_configuration_errors_exit_2_and_start_nothing(tmp_path, checkpoint, capsys):
+    from monai_adaloss import cli
+
+    base = ["serve", "--spool", str(tmp_path / "spool"), "--port", str(osup.free_port())]
+    assert cli.main([*base, "--checkpoint", str(tmp_path / "missing.pt"), "--destination", "PACS@127.0.0.1:4242"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli.main([*base, "--checkpoint", str(checkpoint), "--destination", "PACS@127.0.0.1"]) == 2
+    assert "AET@host:port" in capsys.readouterr().err
+    assert cli.main([*base, "--checkpoint", str(checkpoint), "--destination", "P@h:1", "--tls-cert", "x.pem"]) == 2
+    assert "both --tls-cert and --tls-key" in capsys.readouterr().err
+    # a spool holds the records of one model: another checkpoint is refused before anything listens
+    other = support.tiny_unet_checkpoint(tmp_path / "other.pt")
+    (tmp_path / "spool").mkdir(exist_ok=True)
+    (tmp_path / "spool" / "run.json").write_text(json.dumps({"model": {"sha256": "0" * 64}, "finished": False}))
+    assert cli.main([*base, "--checkpoint", str(other), "--destination", "PACS@127.0.0.1:4242"]) == 2
+    assert "another model" in capsys.readouterr().err
