@@ -175,11 +175,14 @@ class NodeProcess:
         self.process = None
         return code
 
-    def kill(self) -> None:
+    def kill(self) -> list[int]:
+        """SIGKILL the node; return the pids of its decoding workers (they must exit on their own)."""
         assert self.process is not None
+        workers = children(self.process.pid)
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(30)
         self.process = None
+        return workers
 
     def idle(self) -> bool:
         """Nothing queued, nothing to send (status file, rewritten every second)."""
@@ -187,10 +190,48 @@ class NodeProcess:
         return bool(status) and status["queue"] == 0 and status["outbox"] == 0 and not any(self.spool.glob("queue/*"))
 
     def close(self) -> None:
+        """End the node (SIGTERM, SIGKILL after 60 s) and make sure none of its worker processes is left."""
         if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(30)
+            workers = children(self.process.pid)
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(30)
+            for pid in wait_gone(workers, 10.0):
+                os.kill(pid, signal.SIGKILL)
         self.process = None
+
+
+def children(pid: int) -> list[int]:
+    """The pids of the direct children of ``pid`` (Linux ``/proc``)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def wait_gone(pids: list[int], timeout: float) -> list[int]:
+    """Wait until ``pids`` have exited (or are zombies); return those still running after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in alive if _running(pid)]
+        time.sleep(0.1)
+    return alive
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 # --- fixtures -------------------------------------------------------------------------------------
@@ -309,10 +350,11 @@ def test_sigkill_mid_stream_then_restart_sends_every_sr_once(tools, checkpoint, 
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         wait_for(lambda: len(list(node.spool.glob("queue/*.dcm"))) >= 4, what="4 queued instances")
-        node.kill()
+        workers = node.kill()
     finally:
         sender.kill()
         sender.wait()
+    assert workers and wait_gone(workers, 10.0) == [], "decoding workers outlived the killed node"
     queued_at_kill = [sop_uid(p) for p in node.spool.glob("queue/*.dcm")]
     assert queued_at_kill, "nothing was queued at the kill"
     node.start()

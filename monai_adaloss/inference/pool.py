@@ -12,6 +12,8 @@ corrupt data. A torch ``DataLoader`` cannot survive that: a dead worker ends the
 - A worker that exceeds ``timeout`` seconds on one file is killed, the file fails with "decoder
   timed out", and the worker is replaced.
 - Errors the decode function raises are caught in the worker and returned as failures.
+- A worker whose parent dies (``kill -9`` of the command or of the DICOM node) exits within
+  ``_POLL_S`` seconds instead of living on as an orphan.
 
 Workers are started with ``fork`` where the platform has it (like the ``DataLoader``'s workers:
 fast, no re-import), else ``spawn`` (then ``decode_fn`` must be importable). Each worker uses one
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import queue
 import signal
 import threading
@@ -48,9 +51,14 @@ _JOIN_S = 5.0
 def _worker_main(conn: Connection, decode_fn: DecodeFn, settings: DecodeSettings) -> None:
     """Worker loop: receive a path, decode it, send the DecodedFile or a DecodeFailure; ``None`` stops."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a handler the parent installed before forking
     torch.set_num_threads(1)
+    parent = os.getppid()
     while True:
         try:
+            while not conn.poll(_POLL_S):
+                if os.getppid() != parent:  # the parent was killed (SIGKILL): do not live on as an orphan
+                    return
             path = conn.recv()
         except (EOFError, OSError):
             return
