@@ -596,3 +596,30 @@ def test_cli_configuration_errors_exit_2_and_start_nothing(tmp_path, checkpoint,
     (tmp_path / "spool" / "run.json").write_text(json.dumps({"model": {"sha256": "0" * 64}, "finished": False}))
     assert cli.main([*base, "--checkpoint", str(other), "--destination", "PACS@127.0.0.1:4242"]) == 2
     assert "another model" in capsys.readouterr().err
+
+
+def test_restart_writes_the_sr_of_an_instance_committed_but_not_finished(tools, checkpoint, nodes, tmp_path):
+    """A kill after an instance's records are committed but before its SR is written and its queue file
+    deleted: the restart writes the SR from the committed records (no second inference, same SR UID)."""
+    files = xray_files(tmp_path / "in", 2)
+    node = new_node(nodes, tmp_path, checkpoint, ["--destination", f"PACS@127.0.0.1:{osup.free_port()}"])  # nobody
+    assert osup.storescu(tools["storescu"], node.port, files).returncode == 0
+    wait_for(lambda: node.status().get("inferred") == 2 and node.status()["queue"] == 0, what="2 instances inferred")
+    assert node.terminate() == 0
+    srs = {p.name: pydicom.dcmread(p) for p in (node.spool / "sr").glob("*.sr.dcm")}
+    assert len(srs) == 2
+    manifest = [json.loads(line) for line in (node.spool / "manifest.jsonl").read_text().splitlines()]
+    for entry, source in zip(sorted(manifest, key=lambda e: e["path"]), files, strict=True):
+        Path(entry["path"]).write_bytes(source.read_bytes())  # the queue file a kill would have left
+    for name in srs:
+        (node.spool / "sr" / name).unlink()  # ... and no SR yet
+    records_before = (node.spool / "records.jsonl").read_text()
+    node.start()
+    wait_for(lambda: len(list((node.spool / "sr").glob("*.sr.dcm"))) == 2 and not list(node.spool.glob("queue/*")),
+             what="the SRs written again")  # fmt: skip
+    again = {p.name: pydicom.dcmread(p) for p in (node.spool / "sr").glob("*.sr.dcm")}
+    assert sorted(again) == sorted(srs)
+    for name, sr in again.items():
+        assert sr.SOPInstanceUID == srs[name].SOPInstanceUID and sr_summary(sr) == sr_summary(srs[name])
+    assert (node.spool / "records.jsonl").read_text() == records_before and node.status()["inferred"] == 0
+    assert "written again from its committed records" in node.log()

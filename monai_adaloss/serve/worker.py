@@ -5,8 +5,9 @@ It reuses :mod:`monai_adaloss.inference` as it is: :class:`~monai_adaloss.infere
 (frames of several instances batched through the network), :class:`~monai_adaloss.inference.runner.FileTracker`
 (records, and the SR written by :func:`~monai_adaloss.inference.sr.write_structured_report` into
 ``SPOOL/sr``) and :class:`~monai_adaloss.inference.outputs.PartWriter` (``SPOOL/records.jsonl``,
-``errors.jsonl``, ``manifest.jsonl``). A queue file is deleted once its records or error line are
-committed (:class:`_NodeWriter`).
+``errors.jsonl``, ``manifest.jsonl``). A queue file is deleted once its batch is done (records or error
+line committed, :class:`_NodeWriter`, and SR written); see :meth:`InferenceWorker._recover` for a crash
+in between.
 
 Batching: when an instance arrives the thread waits ``batch_window`` seconds (or until
 ``max_batch_files`` are queued) and infers everything queued in one pass, so frames of instances
@@ -15,6 +16,7 @@ received close together share network calls.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -26,12 +28,13 @@ from typing import Any
 import torch
 from monai.inferers import SimpleInferer
 
-from ..inference.decode import DecodeSettings, decode_file
+from ..inference.decode import DecodeSettings, _sr_source_header, decode_file
 from ..inference.heatmap_points import HeatmapDecoder
 from ..inference.model import LandmarkModel
-from ..inference.outputs import PartWriter
+from ..inference.outputs import RECORDS, PartWriter
 from ..inference.pool import DecodePool
 from ..inference.runner import FileTracker, InferenceSummary, infer_outcomes
+from ..inference.sr import write_structured_report
 from .spool import Spool
 from .status import Counters
 
@@ -151,6 +154,7 @@ class InferenceWorker(threading.Thread):
                         outcomes, self._tracker(), network, inferer, self.decoder, self.batch_size, self.device, use_amp
                     ):
                         frames += count
+                self._finish_batch(batch)
                 logger.debug("batch of %d instances, %d frames in %.2f s", len(batch), frames,
                              time.perf_counter() - started)  # fmt: skip
         except BaseException as err:  # a bug: record it in the status file; the instances stay queued
@@ -177,26 +181,56 @@ class InferenceWorker(threading.Thread):
             return [self._todo.popleft() for _ in range(count)]
 
     def _recover(self) -> None:
-        """Queue the instances a previous run acknowledged but did not commit; drop the committed ones."""
+        """Queue the instances a previous run acknowledged but did not commit; finish the committed ones.
+
+        A queue file is deleted only after its whole batch is done (records and SR), so a file whose records
+        are committed may still lack its SR (a kill in between, when the runner commits records first): its
+        SR is written again from the committed records and the file's header (same SR UID: a resend of an
+        SR already sent replaces it).
+        """
         done = self.writer.done
+        finished = [path for path in self.spool.queued() if str(path) in done]
         for path in self.spool.queued():
-            if str(path) in done:
-                self.spool.remove(path)  # killed between the commit and the deletion
-            else:
+            if str(path) not in done:
                 self.submit(path)
+        ok = {str(path) for path in finished if done[str(path)].get("status") == "ok"}
+        records: dict[str, list[dict[str, Any]]] = {path: [] for path in ok}
+        if ok:
+            for line in (self.spool.root / RECORDS).read_text().splitlines():
+                row = json.loads(line)  # the writer has dropped torn lines at start
+                if row.get("path") in records:
+                    records[row["path"]].append(row)
+        for path in finished:
+            if str(path) in ok:
+                try:
+                    header = _sr_source_header(str(path))
+                    write_structured_report(
+                        self.spool.sr_dir, header, records[str(path)], self.model.info.landmark_names, self.model.sha256
+                    )
+                    logger.info("resuming: SR of %s written again from its committed records", path.name)
+                except Exception as err:  # the records stay; the SR of this instance cannot be made
+                    logger.warning("resuming: cannot write the SR of %s: %s: %s", path.name, type(err).__name__, err)
+                    self.counters.set_error(f"{path.name}: cannot write the SR: {err}")
+            self.spool.remove(path)
         if self._todo:
             logger.info("resuming: %d received instance(s) queued from before", len(self._todo))
 
     def _commit(self, path: str, ok: bool, frames: int, records: int, detail: str) -> None:
+        """The runner committed an instance's records (or error line); its queue file goes at the batch's end."""
         queue_path = Path(path)
-        with self._cond:
-            self._known.discard(queue_path)
         if ok:
             self.counters.add(inferred=1)
-            logger.info("inferred %s (%s): %d frame(s), %d record(s); SR queued for sending", detail,
-                        queue_path.name, frames, records)  # fmt: skip
+            logger.info("inferred %s (%s): %d frame(s), %d record(s)", detail, queue_path.name, frames, records)
             self.on_sr_written()
         else:
             self.counters.add(failed=1)
             self.counters.set_error(f"{queue_path.name}: {detail}")
-        self.spool.remove(queue_path)
+
+    def _finish_batch(self, batch: list[Path]) -> None:
+        """Delete the queue files of the batch's committed instances (their SRs are written by now)."""
+        committed = [path for path in batch if str(path) in self.writer.done]
+        for path in committed:
+            self.spool.remove(path)
+        with self._cond:
+            self._known.difference_update(committed)
+        self.on_sr_written()
