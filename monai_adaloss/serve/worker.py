@@ -34,7 +34,7 @@ from ..inference.model import LandmarkModel
 from ..inference.outputs import RECORDS, PartWriter
 from ..inference.pool import DecodePool
 from ..inference.runner import FileTracker, InferenceSummary, infer_outcomes
-from ..inference.sr import write_structured_report
+from ..inference.sr import sr_file_name, write_structured_report
 from .spool import Spool
 from .status import Counters
 
@@ -60,6 +60,18 @@ class _NodeWriter(PartWriter):
     def write_error(self, path: str, reason: str, error: str) -> None:
         super().write_error(path, reason, error)
         self.on_commit(path, False, 0, 0, reason)
+
+
+class _NodeTracker(FileTracker):
+    """The runner's per-file collector, with one SR file name (and SR UID) per SOP instance.
+
+    The batch runner may give a second *file* with an already used SOPInstanceUID its own SR; for the node,
+    a second reception of an instance is the same instance again, so its SR must replace the first one
+    (``_sr_name`` is the runner's hook for the name, where it has one).
+    """
+
+    def _sr_name(self, path: str, sop_instance_uid: str) -> str:
+        return sr_file_name(sop_instance_uid)
 
 
 class InferenceWorker(threading.Thread):
@@ -163,7 +175,7 @@ class InferenceWorker(threading.Thread):
             self.counters.set_error(f"inference loop failed: {type(err).__name__}: {err}")
 
     def _tracker(self) -> FileTracker:
-        return FileTracker(self.writer, self.model, self.spool.root, True, False, self.summary)
+        return _NodeTracker(self.writer, self.model, self.spool.root, True, False, self.summary)
 
     def _next_batch(self) -> list[Path]:
         with self._cond:
@@ -193,7 +205,11 @@ class InferenceWorker(threading.Thread):
         for path in self.spool.queued():
             if str(path) not in done:
                 self.submit(path)
-        ok = {str(path) for path in finished if done[str(path)].get("status") == "ok"}
+        ok = {  # records committed, SR not committed (a runner that records the SR stage says "sr": "sr/...")
+            str(path)
+            for path in finished
+            if done[str(path)].get("status") == "ok" and not str(done[str(path)].get("sr", "")).startswith("sr/")
+        }
         records: dict[str, list[dict[str, Any]]] = {path: [] for path in ok}
         if ok:
             for line in (self.spool.root / RECORDS).read_text().splitlines():
@@ -204,9 +220,12 @@ class InferenceWorker(threading.Thread):
             if str(path) in ok:
                 try:
                     header = _sr_source_header(str(path))
-                    write_structured_report(
-                        self.spool.sr_dir, header, records[str(path)], self.model.info.landmark_names, self.model.sha256
-                    )
+                    tracker = self._tracker()
+                    if hasattr(tracker, "write_sr"):  # a runner with an SR step of its own (name, UID, stage log)
+                        tracker.write_sr(str(path), header, records[str(path)])
+                    else:
+                        write_structured_report(self.spool.sr_dir, header, records[str(path)],
+                                                self.model.info.landmark_names, self.model.sha256)  # fmt: skip
                     logger.info("resuming: SR of %s written again from its committed records", path.name)
                 except Exception as err:  # the records stay; the SR of this instance cannot be made
                     logger.warning("resuming: cannot write the SR of %s: %s: %s", path.name, type(err).__name__, err)
