@@ -14,8 +14,9 @@ own config, loopback, temporary storage) and then, in the same run:
 3. delivery, through Orthanc's REST API: every SR instance's evidence (``/instances/{id}/simplified-tags``)
    names its source; lost = images without an SR, duplicates = SRs beyond one per image.
 
-Run: ``flock /tmp/cpu-heavy.lock python benchmarks/dicom_node.py --frames 300`` (needs ``orthanc`` and
-``dcmtk``).
+With ``--paced S`` the images go one at a time, ``S`` seconds apart: the latency of a node that is not
+saturated (frames/s then measures the pace). Run: ``flock /tmp/cpu-heavy.lock python benchmarks/dicom_node.py
+--frames 300`` and ``... --frames 30 --paced 2`` (needs ``orthanc`` and ``dcmtk``).
 """
 
 from __future__ import annotations
@@ -123,6 +124,11 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--batch-window", type=float, default=0.5)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument(
+        "--paced", type=float, metavar="SECONDS",
+        help="send one image at a time, this many seconds apart (latency of an idle node; frames/s then "
+        "measures the pace, not the node)",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tools = {"Orthanc": osup.find_orthanc(), "storescu": osup.find_dcmtk("storescu")}
@@ -162,9 +168,17 @@ def main() -> None:
                 time.sleep(0.1)
             chunks = [files[k :: args.senders] for k in range(args.senders)]
             t0_epoch, t0 = time.time(), time.perf_counter()
-            senders = [subprocess.Popen([tools["storescu"], "-aec", "ADALOSS", "127.0.0.1", str(port),
-                                         *map(str, chunk)]) for chunk in chunks]  # fmt: skip
-            codes = [s.wait() for s in senders]
+            if args.paced is None:  # a burst: each sender one association with all its files
+                senders = [subprocess.Popen([tools["storescu"], "-aec", "ADALOSS", "127.0.0.1", str(port),
+                                             *map(str, chunk)]) for chunk in chunks]  # fmt: skip
+                codes = [s.wait() for s in senders]
+            else:  # paced: one image every `paced` seconds (round-robin over the senders' AE connections)
+                codes = []
+                for path in files:
+                    codes.append(subprocess.run([tools["storescu"], "-aec", "ADALOSS", "127.0.0.1", str(port),
+                                                 str(path)]).returncode)  # fmt: skip
+                    time.sleep(args.paced)
+                codes = sorted(set(codes))
             sent_s = time.perf_counter() - t0
             deadline = time.monotonic() + 600
             while time.monotonic() < deadline:
@@ -191,7 +205,8 @@ def main() -> None:
           f"{args.num_workers} decode workers, {args.threads} torch threads, "
           f"batch window {args.batch_window} s")  # fmt: skip
     print(f"infer (InferenceRunner, --sr): {summary.frames} frames in {infer_s:.1f} s = {infer_fps:.2f} frames/s")
-    print(f"node: {args.senders} storescu senders (exit codes {codes}) done in {sent_s:.1f} s; last SR stored "
+    how = f"{args.senders} storescu senders" if args.paced is None else f"1 storescu per image every {args.paced} s"
+    print(f"node: {how} (exit codes {codes}) done in {sent_s:.1f} s; last SR stored "
           f"{node_s:.1f} s after the first send = {node_fps:.2f} frames/s")  # fmt: skip
     print(f"ratio node / infer: {node_fps / infer_fps:.2f}")
     print(f"latency last C-STORE of an image -> its SR stored in Orthanc: median {statistics.median(latencies):.2f} s, "
