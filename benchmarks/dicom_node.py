@@ -208,7 +208,10 @@ def main() -> None:
     how = f"{args.senders} storescu senders" if args.paced is None else f"1 storescu per image every {args.paced} s"
     print(f"node: {how} (exit codes {codes}) done in {sent_s:.1f} s; last SR stored "
           f"{node_s:.1f} s after the first send = {node_fps:.2f} frames/s")  # fmt: skip
-    print(f"ratio node / infer: {node_fps / infer_fps:.2f}")
+    if args.paced is None:
+        print(f"ratio node / infer: {node_fps / infer_fps:.2f}")
+    else:
+        print("ratio node / infer: not meaningful with --paced (the pace sets the node's frames/s)")
     print(f"latency last C-STORE of an image -> its SR stored in Orthanc: median {statistics.median(latencies):.2f} s, "
           f"p95 {p95:.2f} s (n={len(latencies)})")  # fmt: skip
     print(
