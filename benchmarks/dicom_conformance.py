@@ -52,11 +52,12 @@ CLASSES: tuple[tuple[str, str], ...] = (
     ("legacy: no preamble / File Meta", r"no 'DICM' prefix|not a DICOM file"),
     ("legacy: no Transfer Syntax UID", r"no Transfer Syntax UID"),
     ("decoder missing", r"no pixel data decoder"),
+    ("UID", r"UID"),
     ("colour", r"SamplesPerPixel is [^1]|PhotometricInterpretation is|colour"),
     ("spacing", r"Spacing|Magnification|Distance"),
     ("missing type-1 attribute", r"^missing |is not an integer"),
-    ("UID", r"UID"),
     ("no pixel data", r"no Pixel Data|Pixel Data holds"),
+    ("invalid dimensions", r"absurd dimensions|out of range"),
     ("empty / truncated / corrupt", r"empty file|truncated|corrupt|cannot decode"),
     ("decoder crash / timeout", r"decoder crashed|decoder timed out|decoder process exited"),
 )
