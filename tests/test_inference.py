@@ -156,41 +156,62 @@ def test_confidence_is_relative_to_a_training_target():
 # --- robustness -----------------------------------------------------------------------------------
 
 
-@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
 def test_corpus_good_files_have_records_bad_files_have_error_lines(tmp_path):
     good = support.good_files(tmp_path / "in" / "good")
     bad = support.bad_files(tmp_path / "in" / "bad")
-    assert len(bad) >= 9 and {"monochrome1", "multi", "rle"} <= set(good)
+    quirky = support.quirky_files(tmp_path / "in" / "quirky")
+    assert len(bad) >= 8 and {"monochrome1", "multi", "rle"} <= set(good) and len(quirky) >= 15
     summary = run(
         fixed_oracle_checkpoint(tmp_path / "model.pt"), tmp_path / "in", tmp_path / "out",
         decode_fn=support.crashing_decode, num_workers=2, write_sr=True, write_overlays=True,
     )  # fmt: skip
     out = tmp_path / "out"
     assert summary.exit_code == ExitCode.FILES_FAILED
-    assert (summary.succeeded, summary.failed) == (len(good), len(bad))
+    with_records = {**good, **{name: path for name, (path, _) in quirky.items()}}
+    assert (summary.succeeded, summary.failed) == (len(with_records), len(bad))
     records = read_jsonl(out / "records.jsonl")
-    for name, path in good.items():
-        frames = pydicom.dcmread(path, stop_before_pixels=True).get("NumberOfFrames", 1)
+    for name, path in with_records.items():
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        frames = ds.get("NumberOfFrames", 1)
         mine = [r for r in records if r["path"] == str(path)]
         assert sorted((r["frame"], r["landmark"]) for r in mine) == sorted(
             (k, landmark) for k in range(frames) for landmark in ("tip", "marker")
         ), name
         assert all(r["x"] is not None for r in mine), name
-    errors = {e["path"]: e for e in read_jsonl(out / "errors.jsonl")}
-    assert set(errors) == {str(path) for path, _ in bad.values()}
+    errors = {(e["path"], e.get("stage", "")): e for e in read_jsonl(out / "errors.jsonl")}
+    assert {path for path, stage in errors if not stage} == {str(path) for path, _ in bad.values()}
     for name, (path, words) in bad.items():
-        assert words in errors[str(path)]["reason"], (name, errors[str(path)]["reason"])
-    assert errors[str(bad["decoder crash"][0])]["error"] == "DecoderCrash"
+        assert words in errors[(str(path), "")]["reason"], (name, errors[(str(path), "")]["reason"])
+    assert errors[(str(bad["decoder crash"][0]), "")]["error"] == "DecoderCrash"
     summary_json = json.loads((out / "summary.json").read_text())
+    files = {f["path"]: f for f in summary_json["files"]}
+    for name, (path, expect) in quirky.items():
+        mine = [r for r in records if r["path"] == str(path)]
+        if expect["sr"] is True:
+            assert files[str(path)]["sr"].startswith("sr/"), (name, files[str(path)])
+        else:
+            assert expect["sr"] in files[str(path)]["sr"] and files[str(path)]["sr"].startswith("error: "), name
+            assert expect["sr"] in errors[(str(path), "sr")]["reason"], name
+        if "spacing_source" in expect:
+            assert all(r["spacing_source"].startswith(expect["spacing_source"]) for r in mine), name
+            assert all(r["x_mm"] is None for r in mine), name
+        if "colour" in expect:
+            assert all(r["colour_conversion"].startswith(expect["colour"]) for r in mine), name
+        else:
+            assert all(r["colour_conversion"] is None for r in mine), name
+    sr_failures = sum(isinstance(e["sr"], str) and e["sr"] is not True for _, e in quirky.values())
     assert summary_json["complete"] and summary_json["counts"] == {
-        "files": len(good) + len(bad), "succeeded": len(good), "failed": len(bad),
+        "files": len(with_records) + len(bad), "succeeded": len(with_records), "failed": len(bad), "skipped": 0,
         "frames": sum(r["frames"] for r in summary_json["files"]), "records": len(records),
+        "sr_written": len(with_records) - sr_failures, "sr_failed": sr_failures,
+        "overlays_written": len(with_records), "overlays_failed": 0,
     }  # fmt: skip
     csv_lines = (out / "records.csv").read_text().splitlines()
     assert csv_lines[0] == ",".join(RECORD_FIELDS) and len(csv_lines) == len(records) + 1
-    assert len(list((out / "sr").iterdir())) == len(good)
+    assert len(list((out / "sr").iterdir())) == len(with_records) - sr_failures
     assert len(list((out / "overlays").iterdir())) == sum(
-        pydicom.dcmread(p, stop_before_pixels=True).get("NumberOfFrames", 1) for p in good.values()
+        pydicom.dcmread(p, stop_before_pixels=True, force=True).get("NumberOfFrames", 1) for p in with_records.values()
     )
     assert not any(Path(p).name.startswith(".") for p in out.rglob("*"))  # no temporary files left
 
