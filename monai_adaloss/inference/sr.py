@@ -40,6 +40,7 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 import pydicom
+from highdicom._standard_utils import is_attribute_in_iod  # the IOD table highdicom validates references with
 from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
@@ -93,7 +94,9 @@ def clean_source(source: Dataset) -> tuple[Dataset, dict[str, str], list[str]]:
 
     Returns:
         ``(evidence, originals, notes)``: ``evidence`` holds placeholder UIDs, the SOP Class
-        X-Ray Angiographic Image Storage, ``NumberOfFrames`` when the source has it, and the
+        X-Ray Angiographic Image Storage, ``NumberOfFrames`` when references to the source need a
+        frame number (its IOD is multi-frame; for a SOP Class highdicom does not know, when it has
+        more than one frame), and the
         cleaned type 2 attributes; ``originals`` maps each placeholder UID to the source's string;
         ``notes`` lists the repairs (``"StudyTime '08:30:00' -> '083000'"``, ``"PatientSex '?' emptied"``).
 
@@ -118,7 +121,7 @@ def clean_source(source: Dataset) -> tuple[Dataset, dict[str, str], list[str]]:
         originals[placeholder] = uids[keyword]
         setattr(evidence, keyword, placeholder)
     evidence.SOPClassUID = XRayAngiographicImageStorage  # a multi-frame IOD highdicom knows; put back later
-    if "NumberOfFrames" in source:
+    if _is_multi_frame(uids["SOPClassUID"], source):
         evidence.NumberOfFrames = source.NumberOfFrames
     charset = source.get("SpecificCharacterSet")
     if charset:
@@ -130,6 +133,20 @@ def clean_source(source: Dataset) -> tuple[Dataset, dict[str, str], list[str]]:
     for keyword, vr in _TYPE2.items():
         setattr(evidence, keyword, _clean_value(keyword, vr, source.get(keyword), notes))
     return evidence, originals, notes
+
+
+def _is_multi_frame(sop_class_uid: str, source: Dataset) -> bool:
+    """Whether references to the source need a frame number: its IOD is multi-frame (highdicom's table),
+    or, for a SOP Class highdicom does not know, it has more than one frame."""
+    if "NumberOfFrames" not in source:
+        return False
+    try:
+        return bool(is_attribute_in_iod("NumberOfFrames", sop_class_uid))
+    except KeyError:
+        try:
+            return int(source.NumberOfFrames) > 1
+        except (TypeError, ValueError):
+            return False
 
 
 def _clean_value(keyword: str, vr: str, value: Any, notes: list[str]) -> Any:
