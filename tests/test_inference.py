@@ -32,10 +32,12 @@ from monai_adaloss.inference import (
     merge_outputs,
     network_to_original,
 )
+from monai_adaloss.inference import runner as runner_module
 from monai_adaloss.inference.records import check_uids, safe_name
 from monai_adaloss.model_info import LandmarkModelInfo
 
 BUNDLE_CONFIG = Path(__file__).parents[1] / "bundles" / "catheter_tip_fluoro" / "configs" / "inference.json"
+pytestmark = pytest.mark.usefixtures("no_orphans")
 ORACLE_MODULES = ("monai_adaloss.networks", support.SUPPORT_MODULE)
 # network-grid points of the fixed-point oracle: landmark "tip" and landmark "marker" (32 x 32 grid)
 TIP, MARKER = (10.0, 20.0), (3.25, 28.5)
@@ -381,6 +383,76 @@ def test_sr_scoord_values_are_hand_computed(tmp_path):
     assert findings.count("tip") == 2 and findings.count("marker") == 2 and findings.count("Absent") == 2
     certainty = [i for i in content_items(sr) if i.ValueType == "NUM"]
     assert [float(i.MeasuredValueSequence[0].NumericValue) for i in certainty] == pytest.approx([1.0, 1.0], abs=1e-3)
+
+
+def test_sr_failure_keeps_the_records_and_resume_retries_only_the_missing_sr(tmp_path, monkeypatch):
+    """A batch with one SR failure still has that file's records; --resume writes the missing SR only."""
+    files = support.good_files(tmp_path / "in")
+    victim = str(files["single"])
+    real = runner_module.write_structured_report
+    calls: list[str] = []
+
+    def failing(directory, source, records, *args, **kwargs):
+        calls.append(records[0]["path"])
+        if records[0]["path"] == victim:
+            raise OSError("No space left on device (forced by the test)")
+        return real(directory, source, records, *args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "write_structured_report", failing)
+    checkpoint = fixed_oracle_checkpoint(tmp_path / "model.pt")
+    out = tmp_path / "out"
+    summary = run(checkpoint, tmp_path / "in", out, write_sr=True)
+    assert summary.exit_code == ExitCode.OUTPUTS_FAILED and (summary.succeeded, summary.failed) == (len(files), 0)
+    assert summary.sr_failed == 1 and summary.final["counts"]["sr_failed"] == 1
+    records = read_jsonl(out / "records.jsonl")
+    assert sorted(r["landmark"] for r in records if r["path"] == victim) == ["marker", "tip"]  # records kept
+    entry = next(f for f in summary.final["files"] if f["path"] == victim)
+    assert entry["status"] == "ok" and entry["sr"] == "error: OSError: No space left on device (forced by the test)"
+    (error,) = read_jsonl(out / "errors.jsonl")
+    assert (error["path"], error["stage"], error["error"]) == (victim, "sr", "OSError")
+    assert len(list((out / "sr").iterdir())) == len(files) - 1
+
+    calls.clear()
+    monkeypatch.setattr(runner_module, "write_structured_report", real)
+    resumed = run(checkpoint, tmp_path / "in", out, write_sr=True, resume=True)
+    assert resumed.exit_code == ExitCode.OK and resumed.sr_retried == 1 and resumed.succeeded == 0
+    assert resumed.skipped == len(files)  # nothing was inferred again
+    assert read_jsonl(out / "records.jsonl") == records and (out / "errors.jsonl").read_text() == ""
+    assert next(f for f in resumed.final["files"] if f["path"] == victim)["sr"].startswith("sr/")
+    assert len(list((out / "sr").iterdir())) == len(files)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
+def test_modality_policy_skips_files_apart_from_failures(tmp_path, capsys):
+    """A mixed archive: XA, DX, a CT and an MR, one broken file; exit codes and counts with --modalities on and off."""
+    support.good_files(tmp_path / "in")  # XA and DX files
+    pixels = support.marker_frames((24, 24), [(3, 5)])[0]
+    support.write(tmp_path / "in" / "ct.dcm", support.make_dataset(pixels, Modality="CT"))
+    support.write(tmp_path / "in" / "mr.dcm", support.make_dataset(pixels, Modality="MR"))
+    (tmp_path / "in" / "broken.dcm").write_bytes(b"DICM")
+    checkpoint = support.tiny_unet_checkpoint(tmp_path / "model.pt")
+    common = ["--checkpoint", str(checkpoint), "--num-workers", "1", "--quiet"]
+    code = cli.main(["infer", str(tmp_path / "in"), "-o", str(tmp_path / "all"), *common])
+    assert code == ExitCode.FILES_FAILED
+    counts = json.loads((tmp_path / "all" / "summary.json").read_text())["counts"]
+    assert (counts["succeeded"], counts["failed"], counts["skipped"]) == (counts["files"] - 1, 1, 0)
+    capsys.readouterr()
+    policy = ["--modalities", "XA,RF,CR,DX"]
+    code = cli.main(["infer", str(tmp_path / "in"), "-o", str(tmp_path / "xray"), *common, *policy])
+    assert code == ExitCode.FILES_FAILED  # the broken file still fails: it has no modality to skip by
+    summary = json.loads((tmp_path / "xray" / "summary.json").read_text())
+    assert (summary["counts"]["skipped"], summary["counts"]["failed"]) == (2, 1)
+    assert summary["counts"]["succeeded"] == counts["succeeded"] - 2
+    skipped = {Path(f["path"]).name: f["reason"] for f in summary["files"] if f["status"] == "skipped"}
+    assert skipped == {
+        "ct.dcm": "Modality 'CT' is not one of --modalities XA,RF,CR,DX",
+        "mr.dcm": "Modality 'MR' is not one of --modalities XA,RF,CR,DX",
+    }
+    assert "2 skipped by --modalities" in capsys.readouterr().out
+    assert not any("ct.dcm" in r["path"] for r in read_jsonl(tmp_path / "xray" / "records.jsonl"))
+    (tmp_path / "in" / "broken.dcm").unlink()
+    code = cli.main(["infer", str(tmp_path / "in"), "-o", str(tmp_path / "clean"), *common, *policy])
+    assert code == ExitCode.OK  # skipped files are not failures
 
 
 # --- bundle and CLI -------------------------------------------------------------------------------
