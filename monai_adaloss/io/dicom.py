@@ -37,12 +37,14 @@ It maps pixel indices to millimetres in the detector plane (x along columns, y a
 to patient coordinates, which projection images do not define; an orientation transform to
 RAS leaves the image unchanged.
 
-Decoding uses pydicom's pixel data plugins: native and RLE always; JPEG, JPEG-LS and JPEG 2000
-when a plugin for them is installed (pylibjpeg with pylibjpeg-libjpeg / pylibjpeg-openjpeg,
-python-gdcm, pyjpegls, or Pillow for some). For a transfer syntax no pydicom plugin can decode,
-MONOCHROME2 files fall back to ITK's GDCM (``itk.imread``), which decodes all JPEG lossless
-variants without extra packages. A file that still cannot be decoded raises
-:class:`DicomDecoderUnavailableError` naming the transfer syntax and the packages to install.
+Decoding uses pydicom's pixel data plugins: native, big endian, deflate and RLE always; JPEG
+2000, JPEG-LS and JPEG baseline / extended / lossless through the permissively licensed decoders
+this package depends on (pylibjpeg-openjpeg, pyjpegls, python-gdcm, Pillow; not the GPL
+pylibjpeg-libjpeg, so 12-bit JPEG Extended, which only it decodes, is not readable). For a
+transfer syntax no pydicom plugin can decode, MONOCHROME2 files fall back to ITK's GDCM
+(``itk.imread``), which decodes all JPEG lossless variants without extra packages. A file that
+still cannot be decoded raises :class:`DicomDecoderUnavailableError` naming the transfer syntax
+and the packages to install.
 
 Real-world files (DESIGN.md section 2, issue 13): a file without the 128-byte preamble and File
 Meta (ACR-NEMA style) is read with ``force=True`` when the data set parses and has an image pixel
