@@ -94,6 +94,8 @@ def add_infer_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
 def run_infer_command(args: argparse.Namespace) -> int:
     """Run ``infer`` from parsed arguments, print the summary line, and return the exit code."""
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="%(levelname)s %(message)s")
+    # pydicom logs every failed decoder plugin with a traceback; the file's reason is in errors.jsonl already
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     try:
         if args.merge:
             summary = merge_outputs(args.merge)
