@@ -96,9 +96,9 @@ def clean_source(source: Dataset) -> tuple[Dataset, dict[str, str], list[str]]:
         ``(evidence, originals, notes)``: ``evidence`` holds placeholder UIDs, the SOP Class
         X-Ray Angiographic Image Storage, ``NumberOfFrames`` when references to the source need a
         frame number (its IOD is multi-frame; for a SOP Class highdicom does not know, when it has
-        more than one frame), and the
-        cleaned type 2 attributes; ``originals`` maps each placeholder UID to the source's string;
-        ``notes`` lists the repairs (``"StudyTime '08:30:00' -> '083000'"``, ``"PatientSex '?' emptied"``).
+        more than one frame), and the cleaned type 2 attributes; ``originals`` maps each
+        placeholder UID to the source's string; ``notes`` lists the repairs
+        (``"StudyTime '08:30:00' -> '083000'"``, ``"PatientSex '?' invalid for CS: emptied"``).
 
     Raises:
         SRSourceError: the SOP Class or Instance UID is missing or not 1-64 digits and dots.
