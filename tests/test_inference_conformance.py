@@ -129,7 +129,7 @@ def test_every_file_is_in_the_summary_and_nothing_crashed(conformance_run):
     files = summary_files(out)
     assert set(files) == set(reference)
     assert summary.final["complete"] and summary.final["counts"]["files"] == len(reference)
-    assert len(reference) >= 78 + 19 + (15 if WILD.is_dir() else 0)
+    assert len(reference) >= 50 + 30 + (15 if WILD.is_dir() else 0)  # pydicom 3.0.2 installs 78 test files
     assert sum(frames is not None for frames in reference.values()) >= 60
 
 
