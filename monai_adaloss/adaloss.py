@@ -206,7 +206,9 @@ class SigmaSchedule:
         raise NotImplementedError
 
     def update(
-        self, epoch_losses: Sequence[float] | torch.Tensor, reference_losses: Sequence[float] | torch.Tensor | None = None
+        self,
+        epoch_losses: Sequence[float] | torch.Tensor,
+        reference_losses: Sequence[float] | torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Record one epoch's mean training loss per landmark and return the next sigma.
 
@@ -373,7 +375,9 @@ class AdalossSchedule(SigmaSchedule):
             if spatial_dims not in (1, 2, 3):
                 raise ValueError(f"Argument `spatial_dims` must be 1, 2 or 3 with rule='spread', got {spatial_dims}.")
             if self.max_step_fraction is not None and self.max_step_fraction >= 1.0:
-                raise ValueError(f"Argument `max_step_fraction` must be < 1 with rule='spread', got {max_step_fraction}.")
+                raise ValueError(
+                    f"Argument `max_step_fraction` must be < 1 with rule='spread', got {max_step_fraction}."
+                )
         self.spatial_dims = None if spatial_dims is None else int(spatial_dims)
         self._segment_start = [0] * self.num_landmarks  # first epoch index trained at the current sigma
         self._diagnostics: list[dict[str, list[Any]]] = []

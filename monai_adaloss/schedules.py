@@ -2,9 +2,10 @@
 and sigma learned by gradient (Payer et al.'s SpatialConfiguration-Net, ``landmarker``'s learnable Gaussian).
 
 All follow :class:`~monai_adaloss.adaloss.SigmaSchedule` (``update(epoch_losses) -> sigma``, ``sigma``,
-``sigma_history``, ``clipped_history``, plain-value ``state_dict``), so :class:`~monai_adaloss.losses.AdalossHeatmapLoss`,
-:class:`~monai_adaloss.handlers.AdalossHandler` and the bundles take any of them in place of
-:class:`~monai_adaloss.adaloss.AdalossSchedule`. :func:`make_schedule` builds one by name.
+``sigma_history``, ``clipped_history``, plain-value ``state_dict``), so
+:class:`~monai_adaloss.losses.AdalossHeatmapLoss`, :class:`~monai_adaloss.handlers.AdalossHandler` and the
+bundles take any of them in place of :class:`~monai_adaloss.adaloss.AdalossSchedule`.
+:func:`make_schedule` builds one by name.
 
 Learned sigma needs one more thing from the trainer: its ``log_sigma`` parameter must be in the
 optimiser. The loss module registers the schedule as a sub-module, so
