@@ -76,7 +76,7 @@ class Testbed:
     fixed_grid: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
     spread_step: float = 0.5
     learned_penalty: float = 1e-3
-    learned_lr: float = 1e-2
+    learned_lr: float = 5e-2
     threads: int = 1
 
 

@@ -24,12 +24,16 @@ so the schedule also offers variants whose statistic does not jump when sigma mo
 - ``statistic="relative"``: the epoch loss divided by the loss of the all-zero prediction at that
   epoch's sigma (``reference_losses``, reported by :class:`~monai_adaloss.losses.AdalossHeatmapLoss`);
 - ``restart_window=True``: the window holds only epochs trained at the current sigma of that landmark;
-- ``rule="spread"``: once the relative loss ``R`` has stopped improving over ``window`` epochs at one
-  sigma (a convergence test), move sigma towards ``spread_ratio`` times the prediction spread that ``R``
-  implies. For a Gaussian target of width sigma in ``d`` dimensions, a prediction that is the target
-  blurred by an isotropic Gaussian error of std ``s`` has ``R = 1 - (sigma^2 / (sigma^2 + s^2))^(d / 2)``,
-  so ``s = sigma * sqrt((1 - R)^(-2 / d) - 1)``; annotation noise and the network's own error both
-  widen it, and a landmark annotated with noise ``s_n`` ends near ``sigma ~ spread_ratio * s_n``.
+- ``rule="spread"`` (ours): "narrow the target while the prediction follows it". Every ``window`` epochs
+  at one sigma, the last relative loss ``R`` gives the spread of the prediction around the target: for a
+  Gaussian target of width sigma in ``d`` dimensions and a prediction that is the target blurred by an
+  isotropic Gaussian error of std ``s`` (annotation noise, the network's own error),
+  ``R = 1 - (sigma^2 / (sigma^2 + s^2))^(d / 2)``, so ``s = sigma * sqrt((1 - R)^(-2 / d) - 1)``. While
+  ``spread_ratio * s < sigma`` sigma moves to ``spread_ratio * s`` (at most ``max_step_fraction`` per
+  step); otherwise it holds, unless ``R`` is no higher than at the previous sigma (the network fits a
+  narrower target better: a wide target is beyond its reach, not the annotation), in which case it
+  narrows by ``max_step_fraction``. The first decision at ``sigma_0`` (the cap) is always a narrowing.
+  Sigma never grows. A landmark annotated with noise ``s_n`` stops near ``spread_ratio * s_n``.
 
 Every rule records per update what it did (:attr:`SigmaSchedule.clip_history`; for Adaloss also the
 variance ratio, the raw step and whether the non-increasing rule dropped it: :attr:`AdalossSchedule.diagnostics`).
@@ -322,8 +326,6 @@ class AdalossSchedule(SigmaSchedule):
         rule: ``"variance"`` (eq. 5, the paper) or ``"spread"`` (ours, see the module docstring; implies
             ``statistic="relative"`` and ``restart_window=True``, and needs ``spatial_dims``).
         spread_ratio: ``rule="spread"``: the sigma aimed at, in units of the estimated prediction spread.
-        tolerance: ``rule="spread"``: converged when the relative loss fell by less than this fraction
-            over the window.
         spatial_dims: d, the number of spatial dimensions of the heatmaps (``rule="spread"`` only).
 
     Example::
@@ -348,7 +350,6 @@ class AdalossSchedule(SigmaSchedule):
         restart_window: bool = False,
         rule: AdalossRule = "variance",
         spread_ratio: float = 1.5,
-        tolerance: float = 0.05,
         spatial_dims: int | None = None,
     ) -> None:
         super().__init__(sigma_0, num_landmarks, sigma_min=sigma_min, sigma_max=sigma_max)
@@ -368,9 +369,6 @@ class AdalossSchedule(SigmaSchedule):
         self.statistic: AdalossStatistic = "relative" if rule == "spread" else statistic
         self.restart_window = True if rule == "spread" else bool(restart_window)
         self.spread_ratio = _positive("spread_ratio", spread_ratio)
-        self.tolerance = float(tolerance)
-        if not 0.0 <= self.tolerance < 1.0:
-            raise ValueError(f"Argument `tolerance` must be in [0, 1), got {tolerance}.")
         if rule == "spread":
             if spatial_dims not in (1, 2, 3):
                 raise ValueError(f"Argument `spatial_dims` must be 1, 2 or 3 with rule='spread', got {spatial_dims}.")
@@ -413,7 +411,8 @@ class AdalossSchedule(SigmaSchedule):
         - ``ratio``: ``V_{t-1} / V_t`` (``rule="variance"``) or the estimated prediction spread over sigma
           (``rule="spread"``); NaN where no update was computed;
         - ``raw_step``: the step the rule asked for, before the bound, floor and cap (0 where none);
-        - ``dropped``: the non-increasing rule dropped a positive step;
+        - ``dropped``: the non-increasing rule dropped a positive step (``rule="spread"``: the rule held
+          sigma because the prediction no longer follows a narrower target);
         - ``clipped``: the step bound, the floor or the cap limited the update (see :attr:`clip_history`).
         """
         rows = self._diagnostics
@@ -467,28 +466,34 @@ class AdalossSchedule(SigmaSchedule):
         return raw, ratio, dropped
 
     def _spread_step(self, stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The spread rule per landmark: (raw step, spread / sigma, dropped = all False)."""
+        """The spread rule per landmark: (raw step, estimated spread / sigma, dropped: held)."""
         width = self.num_landmarks
         raw = torch.zeros(width, dtype=torch.float64)
         ratio = torch.full((width,), math.nan, dtype=torch.float64)
+        dropped = torch.zeros(width, dtype=torch.bool)
         t = stats.shape[0] - 1
-        w = self.window
         d = float(self.spatial_dims or 1)
+        fraction = 0.5 if self.max_step_fraction is None else self.max_step_fraction
         for landmark in range(width):
-            if not self._window_ready(t, landmark, w):
+            if not self._window_ready(t, landmark, self.window):
                 continue
-            history = stats[t - w + 1 : t + 1, landmark]
-            if not bool(torch.isfinite(history).all()) or history[0] <= 0:
+            relative = float(stats[t, landmark])
+            if not math.isfinite(relative) or relative < 0:
                 logger.warning("Adaloss: no sigma update for landmark %d after epoch %d (relative loss %s).",
-                               landmark, t, history.tolist())  # fmt: skip
+                               landmark, t, relative)  # fmt: skip
                 continue
-            if (history[0] - history[-1]) / history[0] >= self.tolerance:
-                continue  # still improving at this sigma: hold
-            relative = float(history[-1])
             spread = math.inf if relative >= 1.0 else math.sqrt(max((1.0 - relative) ** (-2.0 / d) - 1.0, 0.0))
             ratio[landmark] = spread
-            raw[landmark] = self._sigma[landmark] * (self.spread_ratio * spread - 1.0)
-        return raw, ratio, torch.zeros(width, dtype=torch.bool)
+            sigma = float(self._sigma[landmark])
+            start = self._segment_start[landmark]
+            previous = float(stats[start - 1, landmark]) if start > 0 else math.inf  # R at the previous sigma
+            if self.spread_ratio * spread < 1.0:
+                raw[landmark] = sigma * (self.spread_ratio * spread - 1.0)
+            elif relative <= previous:
+                raw[landmark] = -fraction * sigma
+            else:
+                dropped[landmark] = True
+        return raw, ratio, dropped
 
     def _next_sigma(self, losses: torch.Tensor, references: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
         stats = self._statistics()
@@ -524,7 +529,6 @@ class AdalossSchedule(SigmaSchedule):
             "restart_window": self.restart_window,
             "rule": self.rule,
             "spread_ratio": self.spread_ratio,
-            "tolerance": self.tolerance,
             "spatial_dims": self.spatial_dims,
         }
 

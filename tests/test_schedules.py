@@ -80,26 +80,27 @@ def test_restarted_window_compares_epochs_of_one_sigma() -> None:
 
 
 def test_spread_rule_hand_computed() -> None:
-    # d = 1: R = 1 - sigma / sqrt(sigma^2 + s^2)  ->  s / sigma = sqrt((1 - R)^-2 - 1)
-    schedule = AdalossSchedule(
-        [10.0, 10.0, 10.0], rule="spread", spatial_dims=1, spread_ratio=1.5, max_step_fraction=0.5, sigma_max=None,
-        tolerance=0.05,
-    )  # fmt: skip
+    # d = 1: R = 1 - sigma / sqrt(sigma^2 + s^2)  ->  s / sigma = sqrt((1 - R)^-2 - 1); spread_ratio c = 1.5
+    schedule = AdalossSchedule([10.0, 10.0, 10.0], rule="spread", spatial_dims=1, max_step_fraction=0.5)
     assert schedule.name == "spread" and schedule.statistic == "relative" and schedule.restart_window
-    references = [1.0, 1.0, 1.0]
-    # landmark 0: converged at R = 0.2 -> s / sigma = 0.75 -> aim 1.125 sigma (+12.5 %, inside the bound)
-    # landmark 1: converged at R = 0.01 -> aim 1.5 * 0.1425 sigma: bounded to -50 %
-    # landmark 2: still improving (R 0.3 -> 0.2): hold
-    history = [[0.2, 0.01, 0.3], [0.2, 0.01, 0.25], [0.2, 0.01, 0.2]]
-    for row in history[:-1]:
-        assert schedule.update(row, references).tolist() == [10.0, 10.0, 10.0]
-    sigma = schedule.update(history[-1], references).tolist()
-    assert sigma == pytest.approx([10.0 * 1.5 * 0.75, 5.0, 10.0])
-    assert schedule.clip_history[-1] == ["", "bound", ""]
-    assert schedule.diagnostics["ratio"][-1, 0].item() == pytest.approx(0.75)
-    # the window restarts: the moved landmarks wait `window` epochs at their new sigma; landmark 2 converges
-    assert schedule.update([0.2, 0.01, 0.2], references).tolist() == pytest.approx(sigma)  # 0.25 -> 0.2: improving
-    assert schedule.update([0.2, 0.01, 0.2], references).tolist() == pytest.approx([11.25, 5.0, 11.25])
+    ones = [1.0, 1.0, 1.0]  # references of 1: the relative loss is the loss
+    # at sigma_0: landmark 0 R = 0.01 -> s / sigma = 0.1425, aim 0.214 sigma: bounded to -50 %;
+    # landmarks 1 (R = 0.5) and 2 (R = 0.2) do not follow, but the first decision is a narrowing: -50 %
+    for _ in range(2):
+        assert schedule.update([0.01, 0.5, 0.2], ones).tolist() == [10.0] * 3  # window not full yet
+    assert schedule.update([0.01, 0.5, 0.2], ones).tolist() == [5.0] * 3
+    assert schedule.clip_history[-1] == ["bound", "", ""]
+    assert schedule.diagnostics["ratio"][-1].tolist() == pytest.approx([math.sqrt(0.99**-2 - 1), math.sqrt(3), 0.75])
+    # at 5: landmark 0 R rose 0.01 -> 0.2 and does not follow (1.5 x 0.75 > 1): hold;
+    # landmark 1 R fell 0.5 -> 0.4 (a narrower target fits better): -50 %;
+    # landmark 2 R = 0.1 -> s / sigma = 0.4843, aim 1.5 x 0.4843 x 5 = 3.632 (inside the bound)
+    for _ in range(2):
+        assert schedule.update([0.2, 0.4, 0.1], ones).tolist() == [5.0] * 3
+    sigma = schedule.update([0.2, 0.4, 0.1], ones).tolist()
+    assert sigma == pytest.approx([5.0, 2.5, 5.0 * 1.5 * math.sqrt(0.9**-2 - 1)])
+    assert schedule.diagnostics["dropped"][-1].tolist() == [True, False, False]
+    # a held landmark keeps its window and decides again every epoch; it never grows
+    assert schedule.update([0.5, 0.4, 0.1], ones)[0].item() == 5.0
     with pytest.raises(ValueError, match="`spatial_dims` must be 1, 2 or 3 with rule='spread'"):
         AdalossSchedule(10.0, num_landmarks=1, rule="spread")
     assert AdalossSchedule.for_spatial_shape((64, 64), 2, rule="spread").spatial_dims == 2
