@@ -51,6 +51,7 @@ from monai_adaloss.decoding import decode_single_instance
 from monai_adaloss.handlers import AdalossHandler
 from monai_adaloss.losses import AdalossHeatmapLoss
 from monai_adaloss.networks import HeatmapUNet
+from monai_adaloss.plotting import plot_sigma_history
 from monai_adaloss.schedules import GeometricDecay, LinearDecay, make_schedule
 from monai_adaloss.synthetic.signals import ECG_LANDMARKS, ECGConfig, generate_ecg
 
@@ -343,7 +344,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="JSON-lines results file (appended, resumable)")
     parser.add_argument("--summarise", action="store_true", help="only summarise --out")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--plot-dir", type=Path, default=None,
+                        help="write sigma_<schedule>_seed<k>.png (clipped updates marked), first seed")  # fmt: skip
     return parser.parse_args(argv)
+
+
+def plot_runs(records: list[dict], plot_dir: Path) -> list[Path]:
+    """Sigma per epoch of the first seed of every non-fixed schedule, clipped updates marked."""
+    written = []
+    for name in sorted({r["schedule"] for r in records if not r["schedule"].startswith("fixed_")}):
+        record = min((r for r in records if r["schedule"] == name), key=lambda r: r["seed"])
+        channels = [f"noise {n:g}" for n in record["noise"]]
+        clipped = [[code != "" for code in row] for row in record["clip_codes"]]
+        path = plot_dir / f"sigma_{name}_seed{record['seed']}.png"
+        written.append(plot_sigma_history(record["sigma_history"], channels, path, unit="samples", clipped=clipped))
+    return written
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -381,6 +396,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     header = f"Test-bed: {asdict(bed)}; results file {out}; seeds per schedule in the table.\n\n"
     out.with_suffix(".md").write_text(header + text)
     print(header + text)
+    if args.plot_dir is not None:
+        for path in plot_runs(records, args.plot_dir):
+            print(f"wrote {path}")
     print(json.dumps(summary, allow_nan=True))
     return summary
 
