@@ -17,8 +17,9 @@ cap), ``bounded`` (``AdalossSchedule`` defaults), ``relative_restart`` (bounded 
 window restarted at each change), ``spread`` (the spread rule), ``geometric`` and ``linear`` (matched per
 seed to end at the geometric mean of that seed's final ``spread`` sigmas), ``learned`` (Payer et al.).
 
-Results go to ``--out`` (one JSON line per schedule x seed; finished pairs are skipped, so a run can be
-chunked per schedule and resumed) and are summarised into ``--out``'s ``.md`` twin. The last printed line is
+Results go to ``--out`` (default ``benchmarks_out/adaloss_adaptivity[_quick].jsonl``; one JSON line per
+schedule x seed; finished pairs are skipped, so a run can be chunked per schedule and resumed; ``--quick``
+without ``--out`` starts afresh) and are summarised into ``--out``'s ``.md`` twin. The last printed line is
 a JSON object: per schedule name ``spearman_sigma_noise`` (mean over seeds), ``clipped_fraction``,
 ``error_vs_best_fixed`` (mean over seeds and channels of error / error of the channel's best fixed sigma),
 and ``"default"`` (the schedule ``AdalossSchedule`` uses with its default arguments).
@@ -74,7 +75,7 @@ class Testbed:
     channels: tuple[int, ...] = (8, 16, 32)
     lr: float = 1e-3
     sigma_min: float = 1.0
-    fixed_grid: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
+    fixed_grid: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
     spread_step: float = 0.5
     learned_penalty: float = 1e-3
     learned_lr: float = 5e-2
@@ -323,6 +324,17 @@ def default_schedule_name() -> str:
     return AdalossSchedule(64.0, num_landmarks=1).name
 
 
+def _finite_or_null(value: object) -> object:
+    """``value`` with every NaN / inf float replaced by None (strict JSON)."""
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_null(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def load_records(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -369,8 +381,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     bed = Testbed(**{**asdict(bed), **overrides})
     torch.set_num_threads(bed.threads)
     seeds = args.seeds if args.seeds is not None else ([0, 1, 2] if args.quick else list(range(10)))
-    out = args.out if args.out is not None else Path("adaloss_adaptivity_quick.jsonl" if args.quick else
-                                                     "adaloss_adaptivity.jsonl")  # fmt: skip
+    if args.out is not None:
+        out = args.out
+    else:  # --quick without --out starts afresh: its figures always come from this code
+        out = Path("benchmarks_out") / ("adaloss_adaptivity_quick.jsonl" if args.quick else "adaloss_adaptivity.jsonl")
+        if args.quick and not args.summarise:
+            out.unlink(missing_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     names = args.schedules or [*(f"fixed_{s:g}" for s in bed.fixed_grid), *ADAPTIVE, *MATCHED]
     records = load_records(out)
     done = {(r["schedule"], r["seed"]): r for r in records}
@@ -399,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.plot_dir is not None:
         for path in plot_runs(records, args.plot_dir):
             print(f"wrote {path}")
-    print(json.dumps(summary, allow_nan=True))
+    print(json.dumps(_finite_or_null(summary), allow_nan=False))
     return summary
 
 
