@@ -79,6 +79,7 @@ class Testbed:
     spread_step: float = 0.5
     learned_penalty: float = 1e-3
     learned_lr: float = 5e-2
+    normalize: str | None = "mean"
     threads: int = 1
 
 
@@ -146,7 +147,7 @@ def train_run(name: str, seed: int, bed: Testbed, done: dict[tuple[str, int], di
         schedule, settings = build_schedule(name, bed, done)
     torch.manual_seed(seed)
     net = HeatmapUNet(1, 1, len(bed.noise), channels=bed.channels, kernel_size=5)
-    loss_fn = AdalossHeatmapLoss(schedule, normalize="mean")
+    loss_fn = AdalossHeatmapLoss(schedule, normalize=bed.normalize)  # type: ignore[arg-type]
     groups = [{"params": list(net.parameters())}]
     if list(loss_fn.parameters()):  # learned sigma: log sigma in its own group (see monai_adaloss.schedules)
         groups.append({"params": list(loss_fn.parameters()), "lr": bed.learned_lr})
@@ -356,6 +357,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="JSON-lines results file (appended, resumable)")
     parser.add_argument("--summarise", action="store_true", help="only summarise --out")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--normalize", choices=["mean", "peak", "none"], default=None,
+                        help="target normalisation (default mean; learned sigma needs mean)")  # fmt: skip
     parser.add_argument("--plot-dir", type=Path, default=None,
                         help="write sigma_<schedule>_seed<k>.png (clipped updates marked), first seed")  # fmt: skip
     return parser.parse_args(argv)
@@ -378,6 +381,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     bed = QUICK if args.quick else Testbed()
     overrides = {k: v for k, v in (("epochs", args.epochs), ("learned_penalty", args.learned_penalty),
                                    ("threads", args.threads)) if v is not None}  # fmt: skip
+    if args.normalize is not None:
+        overrides["normalize"] = None if args.normalize == "none" else args.normalize
     bed = Testbed(**{**asdict(bed), **overrides})
     torch.set_num_threads(bed.threads)
     seeds = args.seeds if args.seeds is not None else ([0, 1, 2] if args.quick else list(range(10)))
