@@ -375,7 +375,13 @@ def run_demo(output_dir: str | os.PathLike, profile: DemoProfile, seed: int = 0,
     report.outputs = {
         "predictions": str(_write_predictions(frames, output_dir / "predictions.csv")),
         "sigma_plot": str(
-            plot_sigma_history(schedule.sigma_history, names, output_dir / "sigma_per_epoch.png", schedule.loss_history)
+            plot_sigma_history(
+                schedule.sigma_history,
+                names,
+                output_dir / "sigma_per_epoch.png",
+                schedule.loss_history,
+                clipped=schedule.clipped_history,
+            )
         ),
         "overlays": str(_overlays(frames, output_dir / "overlays.png", loader)),
         "model": str(model_path),

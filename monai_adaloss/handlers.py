@@ -21,12 +21,14 @@ __all__ = ["AdalossHandler"]
 class AdalossHandler:
     """Accumulate per-landmark training losses, then update sigma at ``EPOCH_COMPLETED``.
 
-    Each iteration it adds the loss module's ``last_channel_sums`` / ``last_channel_counts`` (kept on
+    Each iteration it adds the loss module's ``last_channel_sums`` / ``last_channel_counts`` /
+    ``last_channel_reference_sums`` (kept on
     the loss's device, no host sync); at the end of the epoch it all-reduces the sums and counts
     across ranks with ``ignite.distributed`` (a no-op without a process group), so every rank feeds the
     same epoch loss ``(L,)`` to the schedule and keeps the same sigma. It then writes one scalar per
-    landmark, ``sigma/<name>`` (the sigma for the next epoch) and ``adaloss_loss/<name>`` (the epoch
-    loss), into ``engine.state.metrics`` where MONAI's ``StatsHandler``, ``TensorBoardStatsHandler``
+    landmark, ``sigma/<name>`` (the sigma for the next epoch), ``adaloss_loss/<name>`` (the epoch
+    loss) and ``adaloss_clipped/<name>`` (1.0 when the step bound, the floor or the cap limited this
+    update, else 0.0), into ``engine.state.metrics`` where MONAI's ``StatsHandler``, ``TensorBoardStatsHandler``
     and ``MLflowHandler`` pick them up.
 
     Order: :meth:`attach` puts this handler first among the engine's ``EPOCH_COMPLETED`` handlers
@@ -42,13 +44,14 @@ class AdalossHandler:
 
     Args:
         loss: the :class:`~monai_adaloss.losses.AdalossHeatmapLoss` the trainer optimises; its
-            ``schedule`` is the one updated.
+            ``schedule`` (any :class:`~monai_adaloss.adaloss.SigmaSchedule`: Adaloss, its controls or
+            learned sigma) is the one updated; it receives the epoch's all-zero-prediction losses too.
         landmark_names: names used in the metric keys; defaults to ``landmark_0``, ``landmark_1``...
     """
 
     def __init__(self, loss: AdalossHeatmapLoss, landmark_names: Sequence[str] | None = None) -> None:
         if loss.schedule is None:
-            raise ValueError("Argument `loss` must have an AdalossSchedule, got a fixed-sigma loss.")
+            raise ValueError("Argument `loss` must have a sigma schedule, got a fixed-sigma loss.")
         self.loss = loss
         self.schedule = loss.schedule
         num_landmarks = self.schedule.num_landmarks
@@ -58,6 +61,7 @@ class AdalossHandler:
         self.landmark_names = names
         self._sums: torch.Tensor | None = None
         self._counts: torch.Tensor | None = None
+        self._reference_sums: torch.Tensor | None = None
 
     def attach(self, engine: Engine) -> None:
         """Register first on ``ITERATION_COMPLETED`` and first on ``EPOCH_COMPLETED``."""
@@ -73,30 +77,40 @@ class AdalossHandler:
         if sums is None or counts is None:
             return
         sums, counts = sums.detach().to(torch.float64), counts.detach().to(torch.float64)
-        if self._sums is None or self._counts is None:
-            self._sums, self._counts = sums.clone(), counts.clone()
+        reference = getattr(self.loss, "last_channel_reference_sums", None)
+        reference = torch.full_like(sums, torch.nan) if reference is None else reference.detach().to(torch.float64)
+        if self._sums is None or self._counts is None or self._reference_sums is None:
+            self._sums, self._counts, self._reference_sums = sums.clone(), counts.clone(), reference.clone()
         else:
             self._sums = self._sums.to(sums.device) + sums
             self._counts = self._counts.to(counts.device) + counts
+            self._reference_sums = self._reference_sums.to(reference.device) + reference
+
+    def _epoch_totals(self) -> torch.Tensor:
+        """``(3, L)`` float64: loss sums, counts and all-zero-prediction loss sums over all ranks."""
+        num_landmarks = self.schedule.num_landmarks
+        if self._sums is None or self._counts is None or self._reference_sums is None:
+            totals = torch.zeros(3, num_landmarks, dtype=torch.float64)
+        else:
+            totals = torch.stack([self._sums, self._counts, self._reference_sums.to(self._sums.device)])
+        return idist.all_reduce(totals).cpu()
 
     def epoch_losses(self) -> torch.Tensor:
         """``(L,)`` float64 mean loss per landmark over this epoch's samples on all ranks (NaN if none)."""
-        num_landmarks = self.schedule.num_landmarks
-        if self._sums is None or self._counts is None:
-            totals = torch.zeros(2, num_landmarks, dtype=torch.float64)
-        else:
-            totals = torch.stack([self._sums, self._counts])
-        totals = idist.all_reduce(totals).cpu()
+        totals = self._epoch_totals()
         return totals[0] / totals[1]
 
     def __call__(self, engine: Engine) -> None:
-        """At ``EPOCH_COMPLETED``: update the schedule and log sigma and the epoch loss per landmark."""
-        losses = self.epoch_losses()
-        sigma = self.schedule.update(losses)
-        self._sums, self._counts = None, None
-        for name, value, loss in zip(self.landmark_names, sigma.tolist(), losses.tolist(), strict=True):
+        """At ``EPOCH_COMPLETED``: update the schedule and log sigma, the epoch loss and clipping per landmark."""
+        totals = self._epoch_totals()
+        losses, references = totals[0] / totals[1], totals[2] / totals[1]
+        sigma = self.schedule.update(losses, references)
+        self._sums, self._counts, self._reference_sums = None, None, None
+        clipped = self.schedule.clipped_history[-1].tolist()
+        for name, value, loss, clip in zip(self.landmark_names, sigma.tolist(), losses.tolist(), clipped, strict=True):
             engine.state.metrics[f"sigma/{name}"] = value
             engine.state.metrics[f"adaloss_loss/{name}"] = loss
+            engine.state.metrics[f"adaloss_clipped/{name}"] = float(clip)
 
     def state_dict(self) -> dict[str, Any]:
         """Schedule state plus the running sums of a partly finished epoch (plain Python values)."""
@@ -105,6 +119,7 @@ class AdalossHandler:
             "landmark_names": list(self.landmark_names),
             "epoch_sums": None if self._sums is None else self._sums.cpu().tolist(),
             "epoch_counts": None if self._counts is None else self._counts.cpu().tolist(),
+            "epoch_reference_sums": None if self._reference_sums is None else self._reference_sums.cpu().tolist(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -115,3 +130,7 @@ class AdalossHandler:
         sums, counts = state.get("epoch_sums"), state.get("epoch_counts")
         self._sums = None if sums is None else torch.tensor(sums, dtype=torch.float64)
         self._counts = None if counts is None else torch.tensor(counts, dtype=torch.float64)
+        reference = state.get("epoch_reference_sums")
+        if reference is None and sums is not None:  # a checkpoint from before the reference sums existed
+            reference = [float("nan")] * len(sums)
+        self._reference_sums = None if reference is None else torch.tensor(reference, dtype=torch.float64)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .adaloss import AdalossSchedule
+from .adaloss import SigmaSchedule
 from .heatmaps import HeatmapNormalization, check_points, render_gaussian_heatmaps
 
 __all__ = ["AdalossHeatmapLoss"]
@@ -21,8 +21,11 @@ class AdalossHeatmapLoss(nn.Module):
     absent in a sample (all instances NaN) are masked out of the loss of that sample.
 
     Args:
-        schedule: the :class:`AdalossSchedule` whose ``sigma`` is used; give ``sigma`` instead for a
-            fixed-sigma baseline.
+        schedule: the sigma schedule whose ``sigma`` is used (an :class:`~monai_adaloss.adaloss.AdalossSchedule`
+            or any :class:`~monai_adaloss.adaloss.SigmaSchedule`); give ``sigma`` instead for a fixed-sigma
+            baseline. A :class:`~monai_adaloss.schedules.LearnedSigma` becomes a sub-module: the targets are
+            rendered with its differentiable sigma, its size penalty is added to the loss, and
+            ``loss.parameters()`` must go into the optimiser.
         sigma: fixed sigma, a float or ``(L,)``; only when ``schedule`` is None.
         normalize: target normalisation, ``None``, ``"peak"`` or ``"mean"`` (see
             :func:`~monai_adaloss.heatmaps.render_gaussian_heatmaps`).
@@ -32,12 +35,15 @@ class AdalossHeatmapLoss(nn.Module):
     each present sample's spatial-mean squared error, and ``last_channel_counts`` ``(L,)`` the number of
     samples in which the landmark is present (both detached, on ``pred``'s device), so that an epoch
     mean per landmark is ``sum(sums) / sum(counts)``; ``last_channel_losses`` is their ratio for the
-    last batch (NaN for a landmark absent from the whole batch).
+    last batch (NaN for a landmark absent from the whole batch). ``last_channel_reference_sums`` ``(L,)``
+    is the same sum for the all-zero prediction (the spatial mean of target^2), so that
+    ``sums / reference_sums`` is the relative loss that some schedules use (it does not jump when sigma
+    moves the loss scale).
     """
 
     def __init__(
         self,
-        schedule: AdalossSchedule | None = None,
+        schedule: SigmaSchedule | None = None,
         sigma: float | Sequence[float] | None = None,
         normalize: HeatmapNormalization = None,
         spacing: Sequence[float] | None = None,
@@ -54,6 +60,7 @@ class AdalossHeatmapLoss(nn.Module):
         self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
         self.last_channel_sums: torch.Tensor | None = None
         self.last_channel_counts: torch.Tensor | None = None
+        self.last_channel_reference_sums: torch.Tensor | None = None
 
     @property
     def sigma(self) -> torch.Tensor:
@@ -88,9 +95,11 @@ class AdalossHeatmapLoss(nn.Module):
             )
         # half-precision predictions (AMP) are compared in float32: targets and errors keep full precision
         dtype = pred.dtype if pred.dtype in (torch.float32, torch.float64) else torch.float32
+        learned = getattr(self.schedule, "differentiable_sigma", None)
+        sigma = learned() if learned is not None else self.sigma
         target = render_gaussian_heatmaps(
             points.to(dtype),
-            self.sigma.to(device=pred.device, dtype=dtype),
+            sigma.to(device=pred.device, dtype=dtype),
             pred.shape[2:],
             normalize=self.normalize,
             spacing=self.spacing,
@@ -100,6 +109,11 @@ class AdalossHeatmapLoss(nn.Module):
         masked = torch.where(present, per_sample, torch.zeros_like(per_sample))
         sums = masked.sum(dim=0)
         counts = present.sum(dim=0).to(sums.dtype)
+        with torch.no_grad():
+            reference = target.detach().pow(2).flatten(2).mean(dim=2)  # (B, L): loss of the all-zero prediction
+            self.last_channel_reference_sums = torch.where(present, reference, torch.zeros_like(reference)).sum(0)
         self.last_channel_sums = sums.detach()
         self.last_channel_counts = counts.detach()
-        return masked.sum() / counts.sum().clamp(min=1.0)
+        loss = masked.sum() / counts.sum().clamp(min=1.0)
+        penalty = getattr(self.schedule, "penalty", None)
+        return loss + penalty().to(loss.device, loss.dtype) if penalty is not None else loss

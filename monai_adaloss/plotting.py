@@ -27,6 +27,7 @@ def plot_sigma_history(
     out_png: str | Path,
     loss_history: torch.Tensor | np.ndarray | None = None,
     unit: str = "px",
+    clipped: torch.Tensor | np.ndarray | None = None,
 ) -> Path:
     """Plot each landmark's sigma per epoch, optionally with its mean training loss on a second axis.
 
@@ -38,6 +39,9 @@ def plot_sigma_history(
         loss_history: optional ``(T, L)`` mean training loss of epoch t (``AdalossSchedule.loss_history``),
             drawn dashed on a logarithmic right axis.
         unit: sigma's unit, for the axis label (voxels of the network's input grid: ``"px"``).
+        clipped: optional ``(T, L)`` bool, True where the update after epoch t was limited by the step
+            bound, the floor or the cap (``SigmaSchedule.clipped_history``); those sigmas (row t + 1) get a
+            black ``x``.
 
     Returns:
         ``out_png`` as a ``Path``.
@@ -52,6 +56,15 @@ def plot_sigma_history(
     epochs = np.arange(sigma.shape[0])
     for channel, name in enumerate(landmark_names):
         ax.plot(epochs, sigma[:, channel], marker="o", markersize=3, label=f"sigma {name}")
+    if clipped is not None:
+        mask = np.asarray(clipped, dtype=bool)
+        if mask.shape != (sigma.shape[0] - 1, sigma.shape[1]):
+            raise ValueError(f"Argument `clipped` must have shape (T, L)={(sigma.shape[0] - 1, sigma.shape[1])}, "
+                             f"got {mask.shape}.")  # fmt: skip
+        rows, columns = np.nonzero(mask)
+        if rows.size:
+            ax.plot(rows + 1, sigma[rows + 1, columns], linestyle="none", marker="x", color="black", markersize=6,
+                    label=f"clipped update ({rows.size} of {mask.size})")  # fmt: skip
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"sigma ({unit})")
     ax.set_ylim(bottom=0)

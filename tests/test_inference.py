@@ -32,10 +32,12 @@ from monai_adaloss.inference import (
     merge_outputs,
     network_to_original,
 )
+from monai_adaloss.inference import runner as runner_module
 from monai_adaloss.inference.records import check_uids, safe_name
 from monai_adaloss.model_info import LandmarkModelInfo
 
 BUNDLE_CONFIG = Path(__file__).parents[1] / "bundles" / "catheter_tip_fluoro" / "configs" / "inference.json"
+pytestmark = pytest.mark.usefixtures("no_orphans")
 ORACLE_MODULES = ("monai_adaloss.networks", support.SUPPORT_MODULE)
 # network-grid points of the fixed-point oracle: landmark "tip" and landmark "marker" (32 x 32 grid)
 TIP, MARKER = (10.0, 20.0), (3.25, 28.5)
@@ -156,41 +158,62 @@ def test_confidence_is_relative_to_a_training_target():
 # --- robustness -----------------------------------------------------------------------------------
 
 
-@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
 def test_corpus_good_files_have_records_bad_files_have_error_lines(tmp_path):
     good = support.good_files(tmp_path / "in" / "good")
     bad = support.bad_files(tmp_path / "in" / "bad")
-    assert len(bad) >= 9 and {"monochrome1", "multi", "rle"} <= set(good)
+    quirky = support.quirky_files(tmp_path / "in" / "quirky")
+    assert len(bad) >= 8 and {"monochrome1", "multi", "rle"} <= set(good) and len(quirky) >= 15
     summary = run(
         fixed_oracle_checkpoint(tmp_path / "model.pt"), tmp_path / "in", tmp_path / "out",
         decode_fn=support.crashing_decode, num_workers=2, write_sr=True, write_overlays=True,
     )  # fmt: skip
     out = tmp_path / "out"
     assert summary.exit_code == ExitCode.FILES_FAILED
-    assert (summary.succeeded, summary.failed) == (len(good), len(bad))
+    with_records = {**good, **{name: path for name, (path, _) in quirky.items()}}
+    assert (summary.succeeded, summary.failed) == (len(with_records), len(bad))
     records = read_jsonl(out / "records.jsonl")
-    for name, path in good.items():
-        frames = pydicom.dcmread(path, stop_before_pixels=True).get("NumberOfFrames", 1)
+    for name, path in with_records.items():
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        frames = ds.get("NumberOfFrames", 1)
         mine = [r for r in records if r["path"] == str(path)]
         assert sorted((r["frame"], r["landmark"]) for r in mine) == sorted(
             (k, landmark) for k in range(frames) for landmark in ("tip", "marker")
         ), name
         assert all(r["x"] is not None for r in mine), name
-    errors = {e["path"]: e for e in read_jsonl(out / "errors.jsonl")}
-    assert set(errors) == {str(path) for path, _ in bad.values()}
+    errors = {(e["path"], e.get("stage", "")): e for e in read_jsonl(out / "errors.jsonl")}
+    assert {path for path, stage in errors if not stage} == {str(path) for path, _ in bad.values()}
     for name, (path, words) in bad.items():
-        assert words in errors[str(path)]["reason"], (name, errors[str(path)]["reason"])
-    assert errors[str(bad["decoder crash"][0])]["error"] == "DecoderCrash"
+        assert words in errors[(str(path), "")]["reason"], (name, errors[(str(path), "")]["reason"])
+    assert errors[(str(bad["decoder crash"][0]), "")]["error"] == "DecoderCrash"
     summary_json = json.loads((out / "summary.json").read_text())
+    files = {f["path"]: f for f in summary_json["files"]}
+    for name, (path, expect) in quirky.items():
+        mine = [r for r in records if r["path"] == str(path)]
+        if expect["sr"] is True:
+            assert files[str(path)]["sr"].startswith("sr/"), (name, files[str(path)])
+        else:
+            assert expect["sr"] in files[str(path)]["sr"] and files[str(path)]["sr"].startswith("error: "), name
+            assert expect["sr"] in errors[(str(path), "sr")]["reason"], name
+        if "spacing_source" in expect:
+            assert all(r["spacing_source"].startswith(expect["spacing_source"]) for r in mine), name
+            assert all(r["x_mm"] is None for r in mine), name
+        if "colour" in expect:
+            assert all(r["colour_conversion"].startswith(expect["colour"]) for r in mine), name
+        else:
+            assert all(r["colour_conversion"] is None for r in mine), name
+    sr_failures = sum(isinstance(e["sr"], str) and e["sr"] is not True for _, e in quirky.values())
     assert summary_json["complete"] and summary_json["counts"] == {
-        "files": len(good) + len(bad), "succeeded": len(good), "failed": len(bad),
+        "files": len(with_records) + len(bad), "succeeded": len(with_records), "failed": len(bad), "skipped": 0,
         "frames": sum(r["frames"] for r in summary_json["files"]), "records": len(records),
+        "sr_written": len(with_records) - sr_failures, "sr_failed": sr_failures,
+        "overlays_written": len(with_records), "overlays_failed": 0,
     }  # fmt: skip
     csv_lines = (out / "records.csv").read_text().splitlines()
     assert csv_lines[0] == ",".join(RECORD_FIELDS) and len(csv_lines) == len(records) + 1
-    assert len(list((out / "sr").iterdir())) == len(good)
+    assert len(list((out / "sr").iterdir())) == len(with_records) - sr_failures
     assert len(list((out / "overlays").iterdir())) == sum(
-        pydicom.dcmread(p, stop_before_pixels=True).get("NumberOfFrames", 1) for p in good.values()
+        pydicom.dcmread(p, stop_before_pixels=True, force=True).get("NumberOfFrames", 1) for p in with_records.values()
     )
     assert not any(Path(p).name.startswith(".") for p in out.rglob("*"))  # no temporary files left
 
@@ -360,6 +383,76 @@ def test_sr_scoord_values_are_hand_computed(tmp_path):
     assert findings.count("tip") == 2 and findings.count("marker") == 2 and findings.count("Absent") == 2
     certainty = [i for i in content_items(sr) if i.ValueType == "NUM"]
     assert [float(i.MeasuredValueSequence[0].NumericValue) for i in certainty] == pytest.approx([1.0, 1.0], abs=1e-3)
+
+
+def test_sr_failure_keeps_the_records_and_resume_retries_only_the_missing_sr(tmp_path, monkeypatch):
+    """A batch with one SR failure still has that file's records; --resume writes the missing SR only."""
+    files = support.good_files(tmp_path / "in")
+    victim = str(files["single"])
+    real = runner_module.write_structured_report
+    calls: list[str] = []
+
+    def failing(directory, source, records, *args, **kwargs):
+        calls.append(records[0]["path"])
+        if records[0]["path"] == victim:
+            raise OSError("No space left on device (forced by the test)")
+        return real(directory, source, records, *args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "write_structured_report", failing)
+    checkpoint = fixed_oracle_checkpoint(tmp_path / "model.pt")
+    out = tmp_path / "out"
+    summary = run(checkpoint, tmp_path / "in", out, write_sr=True)
+    assert summary.exit_code == ExitCode.OUTPUTS_FAILED and (summary.succeeded, summary.failed) == (len(files), 0)
+    assert summary.sr_failed == 1 and summary.final["counts"]["sr_failed"] == 1
+    records = read_jsonl(out / "records.jsonl")
+    assert sorted(r["landmark"] for r in records if r["path"] == victim) == ["marker", "tip"]  # records kept
+    entry = next(f for f in summary.final["files"] if f["path"] == victim)
+    assert entry["status"] == "ok" and entry["sr"] == "error: OSError: No space left on device (forced by the test)"
+    (error,) = read_jsonl(out / "errors.jsonl")
+    assert (error["path"], error["stage"], error["error"]) == (victim, "sr", "OSError")
+    assert len(list((out / "sr").iterdir())) == len(files) - 1
+
+    calls.clear()
+    monkeypatch.setattr(runner_module, "write_structured_report", real)
+    resumed = run(checkpoint, tmp_path / "in", out, write_sr=True, resume=True)
+    assert resumed.exit_code == ExitCode.OK and resumed.sr_retried == 1 and resumed.succeeded == 0
+    assert resumed.skipped == len(files)  # nothing was inferred again
+    assert read_jsonl(out / "records.jsonl") == records and (out / "errors.jsonl").read_text() == ""
+    assert next(f for f in resumed.final["files"] if f["path"] == victim)["sr"].startswith("sr/")
+    assert len(list((out / "sr").iterdir())) == len(files)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
+def test_modality_policy_skips_files_apart_from_failures(tmp_path, capsys):
+    """A mixed archive: XA, DX, a CT and an MR, one broken file; exit codes and counts with --modalities on and off."""
+    support.good_files(tmp_path / "in")  # XA and DX files
+    pixels = support.marker_frames((24, 24), [(3, 5)])[0]
+    support.write(tmp_path / "in" / "ct.dcm", support.make_dataset(pixels, Modality="CT"))
+    support.write(tmp_path / "in" / "mr.dcm", support.make_dataset(pixels, Modality="MR"))
+    (tmp_path / "in" / "broken.dcm").write_bytes(b"DICM")
+    checkpoint = support.tiny_unet_checkpoint(tmp_path / "model.pt")
+    common = ["--checkpoint", str(checkpoint), "--num-workers", "1", "--quiet"]
+    code = cli.main(["infer", str(tmp_path / "in"), "-o", str(tmp_path / "all"), *common])
+    assert code == ExitCode.FILES_FAILED
+    counts = json.loads((tmp_path / "all" / "summary.json").read_text())["counts"]
+    assert (counts["succeeded"], counts["failed"], counts["skipped"]) == (counts["files"] - 1, 1, 0)
+    capsys.readouterr()
+    policy = ["--modalities", "XA,RF,CR,DX"]
+    code = cli.main(["infer", str(tmp_path / "in"), "-o", str(tmp_path / "xray"), *common, *policy])
+    assert code == ExitCode.FILES_FAILED  # the broken file still fails: it has no modality to skip by
+    summary = json.loads((tmp_path / "xray" / "summary.json").read_text())
+    assert (summary["counts"]["skipped"], summary["counts"]["failed"]) == (2, 1)
+    assert summary["counts"]["succeeded"] == counts["succeeded"] - 2
+    skipped = {Path(f["path"]).name: f["reason"] for f in summary["files"] if f["status"] == "skipped"}
+    assert skipped == {
+        "ct.dcm": "Modality 'CT' is not one of --modalities XA,RF,CR,DX",
+        "mr.dcm": "Modality 'MR' is not one of --modalities XA,RF,CR,DX",
+    }
+    assert "2 skipped by --modalities" in capsys.readouterr().out
+    assert not any("ct.dcm" in r["path"] for r in read_jsonl(tmp_path / "xray" / "records.jsonl"))
+    (tmp_path / "in" / "broken.dcm").unlink()
+    code = cli.main(["infer", str(tmp_path / "in"), "-o", str(tmp_path / "clean"), *common, *policy])
+    assert code == ExitCode.OK  # skipped files are not failures
 
 
 # --- bundle and CLI -------------------------------------------------------------------------------

@@ -4,18 +4,24 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import test_inference_support as support
+from conftest import _children
 from test_inference import assert_same_outputs, read_jsonl
 
 from monai_adaloss import cli
 from monai_adaloss.inference import ExitCode, InferenceRunner
 
+pytestmark = pytest.mark.usefixtures("no_orphans")
 KILL_AFTER_FILES = 4
+ORPHAN_GRACE_S = 5.0
 
 
 def corpus(folder: Path, count: int) -> None:
@@ -60,6 +66,44 @@ def test_killed_run_resumes_to_the_uninterrupted_outputs(tmp_path):
     assert len(keys) == len(set(keys)) and len(keys) >= len(records_before)
     manifest = [json.loads(line)["path"] for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert len(manifest) == len(set(manifest)) == 25
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live (not zombie) process."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_killed_run_leaves_no_orphan_worker(tmp_path):
+    """SIGKILL the infer process while its two decoding workers are busy: they must exit, not linger."""
+    corpus(tmp_path / "in", 24)
+    checkpoint = support.tiny_unet_checkpoint(tmp_path / "model.pt")
+    out = tmp_path / "out"
+    args = ["infer", str(tmp_path / "in"), "-o", str(out), "--checkpoint", str(checkpoint), "--num-workers", "2",
+            "--batch-size", "2", "--quiet"]  # fmt: skip
+    code = "import sys, test_inference_support as s; sys.exit(s.main_with_slow_decode(sys.argv[1:]))"
+    process = subprocess.Popen([sys.executable, "-c", code, *args], env=support.subprocess_env())
+    workers: set[int] = set()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        workers |= _children(process.pid)
+        manifest = out / "manifest.jsonl"
+        if len(workers) >= 2 and manifest.exists() and manifest.read_bytes().count(b"\n") >= 2:
+            break
+        time.sleep(0.01)
+    assert len(workers) >= 2 and process.poll() is None, "the run ended before it could be killed part-way"
+    process.kill()
+    process.wait()
+    deadline = time.monotonic() + ORPHAN_GRACE_S
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    orphans = [pid for pid in workers if alive(pid)]
+    for pid in orphans:  # end them anyway, then fail
+        os.kill(pid, signal.SIGKILL)
+    assert not orphans, f"decoding workers {orphans} outlived the killed infer process"
 
 
 def test_torchrun_two_cpu_processes_shard_and_merge(tmp_path):

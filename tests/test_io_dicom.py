@@ -436,7 +436,7 @@ def bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     write_xa(
         tmp_path / "rgb.dcm",
         ramp(),
-        SamplesPerPixel=3,
+        SamplesPerPixel=2,
         PhotometricInterpretation="RGB",
         PlanarConfiguration=0,
         BitsAllocated=8,
@@ -453,7 +453,7 @@ def bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "truncated": (tmp_path / "truncated.dcm", "truncated"),
         "truncated header": (tmp_path / "truncated_header.dcm", "no Pixel Data"),
         "no PixelData": (tmp_path / "no_pixels.dcm", "no Pixel Data"),
-        "RGB": (tmp_path / "rgb.dcm", "SamplesPerPixel is 3"),
+        "two samples": (tmp_path / "rgb.dcm", "SamplesPerPixel 2 with PhotometricInterpretation 'RGB'"),
         "zero rows": (tmp_path / "zero_rows.dcm", "absurd dimensions"),
         "short PixelData": (tmp_path / "short_pixels.dcm", "Pixel Data holds"),
     }
@@ -493,3 +493,77 @@ def test_verify_suffix(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     assert reader.verify_suffix(tmp_path / "a.dcm") and reader.verify_suffix(suffixless)
     assert not reader.verify_suffix(tmp_path / "notes.txt")
+
+
+# --- real-world quirks (issue 13) ----------------------------------------------------------------
+
+
+def test_legacy_file_without_preamble_or_file_meta_reads_like_the_full_file(tmp_path):
+    """An ACR-NEMA-style file (no preamble, no File Meta, implicit VR) reads with force=True."""
+    full = write_xa(tmp_path / "full.dcm", ramp(), PixelSpacing=[0.5, 0.25])
+    legacy = make_xa(ramp(), PixelSpacing=[0.5, 0.25])
+    del legacy.file_meta
+    legacy.save_as(tmp_path / "legacy.dcm", implicit_vr=True, little_endian=True)
+    assert tmp_path.joinpath("legacy.dcm").read_bytes()[128:132] != b"DICM"
+    expected, _ = read_all_frames(full)
+    array, meta = read_all_frames(tmp_path / "legacy.dcm")
+    np.testing.assert_array_equal(array, expected)
+    assert meta["legacy"] and meta["TransferSyntaxUID"] == pydicom.uid.ImplicitVRLittleEndian
+    assert meta["spacing_source"] == "PixelSpacing"
+
+
+def test_missing_transfer_syntax_and_absent_pixel_attributes_are_inferred(tmp_path):
+    ds = make_xa(ramp())
+    del ds.SamplesPerPixel, ds.BitsStored, ds.HighBit, ds.PixelRepresentation, ds.PhotometricInterpretation
+    ds.save_as(tmp_path / "sparse.dcm", enforce_file_format=True)
+    raw = pydicom.dcmread(tmp_path / "sparse.dcm")
+    del raw.file_meta.TransferSyntaxUID
+    raw.save_as(tmp_path / "no_syntax.dcm", implicit_vr=False, little_endian=True)
+    array, meta = read_all_frames(tmp_path / "no_syntax.dcm")
+    assert meta["TransferSyntaxUID"] == pydicom.uid.ExplicitVRLittleEndian
+    assert "SamplesPerPixel=1" in meta["defaults"] and "BitsStored=16" in meta["defaults"]
+    values = ramp().astype(np.float64)
+    np.testing.assert_allclose(array[0], ((values - values.min()) / np.ptp(values)).T, atol=1e-6)
+
+
+def test_colour_frames_become_bt601_luminance(tmp_path):
+    rgb = np.zeros((ROWS, COLUMNS, 3), dtype=np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 50
+    rgb[5, 50] = (255, 255, 255)
+    colour = dict(SamplesPerPixel=3, PlanarConfiguration=0, BitsAllocated=8, BitsStored=8, HighBit=7)
+    write_xa(tmp_path / "rgb.dcm", ramp(), PhotometricInterpretation="RGB", PixelData=rgb.tobytes(), **colour)
+    array, meta = read_all_frames(tmp_path / "rgb.dcm")
+    assert meta["colour_conversion"] == "BT.601 luminance of RGB"
+    assert array[0, 20, 20] == pytest.approx((0.299 * 200 + 0.587 * 100 + 0.114 * 50) / 255, abs=1e-5)
+    assert array[0, 50, 5] == pytest.approx(1.0)  # (x, y) = (column, row)
+    palette = make_xa(np.zeros((ROWS, COLUMNS)), PhotometricInterpretation="PALETTE COLOR", BitsAllocated=8,
+                      BitsStored=8, HighBit=7)  # fmt: skip
+    indices = np.zeros((ROWS, COLUMNS), dtype=np.uint8)
+    indices[5, 50] = 1
+    palette.PixelData = indices.tobytes()
+    for channel, values in (("Red", [0, 65535]), ("Green", [0, 0]), ("Blue", [0, 0])):
+        setattr(palette, f"{channel}PaletteColorLookupTableDescriptor", [2, 0, 16])
+        setattr(palette, f"{channel}PaletteColorLookupTableData", np.array(values, dtype=np.uint16).tobytes())
+    palette.save_as(tmp_path / "palette.dcm", enforce_file_format=True)
+    array, meta = read_all_frames(tmp_path / "palette.dcm")
+    assert meta["colour_conversion"].startswith("BT.601 luminance of PALETTE COLOR")
+    assert array[0, 50, 5] == pytest.approx(0.299, abs=1e-5) and array[0, 0, 0] == 0.0
+
+
+def test_invalid_spacing_can_fall_back_to_pixel_units(tmp_path):
+    path = write_xa(tmp_path / "three.dcm", ramp(), PixelSpacing=[0.2, 0.0, 0.2])
+    with pytest.raises(DicomSpacingError, match="must have 2 values"):
+        read_all_frames(path)
+    _, meta = read_all_frames(path, XRayDicomReader(invalid_spacing="pixels"))
+    assert meta["spacing_source"].startswith("none (PixelSpacing must have 2 values")
+    np.testing.assert_array_equal(meta["spacing"], [1.0, 1.0])
+
+
+def test_modality_policy_skips_before_validating(tmp_path):
+    from monai_adaloss.io import DicomSkippedError
+
+    path = write_xa(tmp_path / "ct.dcm", ramp(), Modality="CT", PixelSpacing=[0.0, 0.0])
+    with pytest.raises(DicomSkippedError, match="Modality 'CT' is not one of --modalities XA,RF") as info:
+        read_all_frames(path, XRayDicomReader(modalities=["XA", "RF"]))
+    assert pickle.loads(pickle.dumps(info.value)).modality == "CT"
+    read_all_frames(write_xa(tmp_path / "xa.dcm", ramp()), XRayDicomReader(modalities=["xa"]))

@@ -574,3 +574,8 @@ def test_render_train_decode(spatial_shape: tuple[int, ...], points: list[list[f
     assert loss_fn(altered, points_t).item() == loss_fn(heatmaps.detach(), points_t).item()
     decoded, _ = decode_single_instance(heatmaps.detach())
     torch.testing.assert_close(decoded[present], points_t[present], rtol=0, atol=0.25)
+
+
+def test_clipped_flag_is_an_engine_metric(supervised_run: SupervisedRun) -> None:
+    clipped = supervised_run.schedule.clipped_history[:, 0].tolist()
+    assert [m["adaloss_clipped/tip"] for m in supervised_run.epoch_metrics] == [float(c) for c in clipped]

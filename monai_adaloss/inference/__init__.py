@@ -10,6 +10,12 @@ Modules, one job each: :mod:`.inputs` (which files), :mod:`.model` (checkpoint -
 workers), :mod:`.heatmap_points` (heatmaps -> points), :mod:`.records` (points -> records),
 :mod:`.outputs` (crash-safe logs, merge), :mod:`.sharding` (ranks), :mod:`.sr` (DICOM SR),
 :mod:`.overlays` (PNGs), :mod:`.runner` (the loop), :mod:`.command` (CLI).
+
+Reusing the pieces (e.g. a DICOM network node): :class:`InferenceRunner` over a folder of received
+files, or :func:`decode_file` + a :class:`LandmarkModel` + :class:`HeatmapDecoder` +
+:func:`~.records.file_records` for one file, then :func:`write_structured_report` with the file's
+:func:`source_header` and records (it raises :class:`SRSourceError` when the source cannot be
+referenced; records never depend on it).
 """
 
 from .decode import DecodedFile, DecodeFailure, DecodeSettings, decode_file
@@ -21,7 +27,7 @@ from .model import DEFAULT_NETWORK_MODULES, LandmarkModel, build_network, load_c
 from .outputs import merge_outputs
 from .records import RECORD_FIELDS, network_to_original
 from .runner import InferenceRunner, InferenceSummary
-from .sr import SCOORD_OFFSET
+from .sr import SCOORD_OFFSET, SRSourceError, source_header, write_structured_report
 
 __all__ = [
     "DEFAULT_NETWORK_MODULES",
@@ -38,9 +44,12 @@ __all__ = [
     "InferenceSummary",
     "InputFiles",
     "LandmarkModel",
+    "SRSourceError",
     "build_network",
     "decode_file",
     "load_checkpoint",
     "merge_outputs",
     "network_to_original",
+    "source_header",
+    "write_structured_report",
 ]

@@ -16,10 +16,13 @@ __all__ = ["add_infer_command", "run_infer_command"]
 
 _EPILOG = """\
 exit codes:
-  0    every input file has its records
+  0    every input file has its records (and SR / overlays when asked for); files skipped by
+       --modalities do not count
   1    the run completed and some input files failed (reasons in OUTPUT_DIR/errors.jsonl)
   2    usage or configuration error; nothing was run
   3    the run stopped on an unexpected error; rerun with --resume
+  4    every file has its records, but some SRs or overlays failed (records are kept; the summary
+       says `sr: "error: ..."`; rerun with --resume --sr to retry the missing SRs)
   130  interrupted (Ctrl-C); rerun with --resume
 
 sharded over processes or nodes (each rank writes OUTPUT_DIR/part-RANK, rank 0 merges):
@@ -66,6 +69,12 @@ def add_infer_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     )
     parser.add_argument("--overlays", dest="write_overlays", action="store_true", help="write a PNG per frame")
     parser.add_argument(
+        "--modalities",
+        metavar="LIST",
+        help="comma-separated DICOM Modality values to infer, e.g. XA,RF,CR,DX; other files are skipped and "
+        "counted apart from failures (default: every image)",
+    )
+    parser.add_argument(
         "--decode-timeout",
         type=float,
         default=300.0,
@@ -85,15 +94,20 @@ def add_infer_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
 def run_infer_command(args: argparse.Namespace) -> int:
     """Run ``infer`` from parsed arguments, print the summary line, and return the exit code."""
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="%(levelname)s %(message)s")
+    # pydicom logs every failed decoder plugin with a traceback; the file's reason is in errors.jsonl already
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     try:
         if args.merge:
             summary = merge_outputs(args.merge)
             counts = summary["counts"]
             print(
                 f"monai-adaloss infer --merge: {counts['files']} files, {counts['succeeded']} succeeded, "
-                f"{counts['failed']} failed, {counts['records']} records; complete: {summary['complete']}"
+                f"{counts['failed']} failed, {counts['skipped']} skipped, {counts['records']} records, "
+                f"{counts['sr_failed']} SR failures; complete: {summary['complete']}"
             )
-            return int(ExitCode.FILES_FAILED if counts["failed"] else ExitCode.OK)
+            if counts["failed"]:
+                return int(ExitCode.FILES_FAILED)
+            return int(ExitCode.OUTPUTS_FAILED if counts["sr_failed"] or counts["overlays_failed"] else ExitCode.OK)
         if not args.checkpoint or not args.output_dir or not (args.inputs or args.list_files):
             raise InferenceConfigError("infer needs INPUT (or --list), --checkpoint and --output-dir.")
         runner = InferenceRunner(
@@ -109,6 +123,7 @@ def run_infer_command(args: argparse.Namespace) -> int:
             write_overlays=args.write_overlays,
             progress=False if args.quiet else None,
             decode_timeout=args.decode_timeout,
+            modalities=None if args.modalities is None else args.modalities.split(","),
         )
         summary = runner.run()
     except InferenceConfigError as err:

@@ -3,8 +3,10 @@
 The checkpoint's ``preprocessing["reader"]`` selects how :func:`decode_file` reads a file:
 
 - ``"XRayDicomReader"`` (the default): every frame of a 2D X-ray DICOM file, with
-  :class:`~monai_adaloss.io.XRayDicomReader` (intensities in ``[0, 1]``, MONOCHROME2-like), with the
-  file's pixel spacing and UIDs;
+  :class:`~monai_adaloss.io.XRayDicomReader` (intensities in ``[0, 1]``, MONOCHROME2-like; colour
+  frames as BT.601 luminance; legacy files without File Meta), with the file's pixel spacing (pixel
+  units, with the reason in ``spacing_source``, when it is malformed) and UIDs; files outside
+  ``DecodeSettings.modalities`` are skipped (:class:`DecodeFailure` with ``skipped``);
 - ``"PILReader"`` (MONAI's reader for natural images): one PNG / JPEG frame with ``channels`` 1 or 3
   (:mod:`.images`, intensities ``value / 255``), without spacing or UIDs.
 
@@ -17,13 +19,13 @@ anything it returns must pickle.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 import torch
 from monai.transforms import Resize
 from monai.utils import InterpolateMode
@@ -42,14 +44,7 @@ IMAGE_READER = "PILReader"
 """``preprocessing["reader"]`` of models that read PNG / JPEG frames (MONAI's ``LoadImage(reader="PILReader")``)."""
 
 
-# header attributes an SR needs from its source image (highdicom copies the patient and study ones)
-_SR_SOURCE_KEYWORDS = (
-    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "NumberOfFrames",
-    "SpecificCharacterSet", "PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber",
-    "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName",
-)  # fmt: skip
-_TYPE2_KEYWORDS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
-                   "StudyDate", "StudyTime")  # fmt: skip
+_NAMING_UID = re.compile(r"[0-9][0-9.]{0,63}")  # a SOP Instance UID that can name output files
 _UID_KEYWORDS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
 _PREPROCESSING_KEYS = ("reader", "apply_voi_lut", "resize_mode", "anti_aliasing", "intensity", "channels")
 
@@ -68,6 +63,10 @@ class DecodeSettings:
         max_pixels: files with more than Rows x Columns x NumberOfFrames pixels are rejected.
         keep_header: return the header attributes an SR references (for ``write_sr``; DICOM only).
         keep_display: return the frames at full resolution as uint8 (for overlays).
+        modalities: DICOM Modality values to read (upper case); other files are skipped.
+            ``None``: every file.
+        invalid_spacing: ``"pixels"`` (default): a malformed spacing gives pixel units with the reason
+            in ``spacing_source``; ``"raise"``: the file fails (see ``XRayDicomReader``).
     """
 
     input_size: tuple[int, int]
@@ -79,6 +78,8 @@ class DecodeSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     keep_header: bool = False
     keep_display: bool = False
+    modalities: tuple[str, ...] | None = None
+    invalid_spacing: str = "pixels"
 
     @classmethod
     def from_model_info(cls, info: LandmarkModelInfo, **kwargs: Any) -> DecodeSettings:
@@ -152,7 +153,9 @@ class DecodedFile:
         header: the attributes an SR needs (with ``keep_header``), else ``None``.
         display: ``(F, X, Y)`` (greyscale) or ``(F, X, Y, 3)`` (colour) uint8 frames at full resolution
             (with ``keep_display``), else ``None``.
-        dicom: whether the file is DICOM (its UIDs are checked and name its outputs).
+        dicom: whether the file is DICOM (its UIDs name its outputs).
+        colour_conversion: how colour frames became the network's greyscale input (e.g.
+            ``"BT.601 luminance of RGB"``); ``None`` for greyscale files.
     """
 
     path: str
@@ -164,6 +167,7 @@ class DecodedFile:
     header: Dataset | None = None
     display: np.ndarray | None = None
     dicom: bool = True
+    colour_conversion: str | None = None
 
     @property
     def num_frames(self) -> int:
@@ -172,8 +176,9 @@ class DecodedFile:
     @property
     def output_name(self) -> str:
         """What names the file's SR and overlays (unsanitised): the SOPInstanceUID of a DICOM file; for
-        another file its stem and 8 hex digits of its path's SHA-1 (stems repeat across folders)."""
-        if self.dicom:
+        another file, or a DICOM file without a usable SOPInstanceUID (1-64 digits and dots), its stem and
+        8 hex digits of its path's SHA-1 (stems repeat across folders)."""
+        if self.dicom and _NAMING_UID.fullmatch(self.uids["SOPInstanceUID"]):
             return self.uids["SOPInstanceUID"]
         return f"{Path(self.path).stem}_{hashlib.sha1(self.path.encode()).hexdigest()[:8]}"
 
@@ -186,11 +191,13 @@ class DecodeFailure:
         path: the file.
         reason: what is wrong, for the errors file.
         error: the error's kind: an exception class name, ``"DecoderCrash"`` or ``"DecoderTimeout"``.
+        skipped: the file is outside the ``modalities`` policy: skipped, not failed.
     """
 
     path: str
     reason: str
     error: str
+    skipped: bool = False
 
 
 DecodeFn = Callable[[str, DecodeSettings], DecodedFile]
@@ -206,12 +213,17 @@ def decode_file(path: str, settings: DecodeSettings) -> DecodedFile:
     """
     if settings.reader == IMAGE_READER:
         return _decode_image(path, settings)
-    reader = XRayDicomReader(apply_voi_lut=settings.apply_voi_lut, max_pixels=settings.max_pixels)
+    reader = XRayDicomReader(
+        apply_voi_lut=settings.apply_voi_lut,
+        max_pixels=settings.max_pixels,
+        invalid_spacing=settings.invalid_spacing,
+        modalities=settings.modalities,
+    )
     frames, meta = read_all_frames(path, reader)  # (F, X, Y) in [0, 1]
     resize = Resize(settings.input_size, mode=settings.resize_mode, anti_aliasing=settings.anti_aliasing)
     images = torch.as_tensor(resize(torch.from_numpy(frames))).numpy()  # frames as channels: one Resize per frame
     spacing_source = str(meta["spacing_source"])
-    spacing = None if spacing_source == "none" else (float(meta["spacing"][0]), float(meta["spacing"][1]))
+    spacing = None if spacing_source.startswith("none") else (float(meta["spacing"][0]), float(meta["spacing"][1]))
     return DecodedFile(
         path=path,
         images=np.ascontiguousarray(images[:, None], dtype=np.float32),
@@ -221,6 +233,7 @@ def decode_file(path: str, settings: DecodeSettings) -> DecodedFile:
         uids={keyword: str(meta[keyword]) for keyword in _UID_KEYWORDS},
         header=_sr_source_header(path) if settings.keep_header else None,
         display=np.rint(frames * 255.0).astype(np.uint8) if settings.keep_display else None,
+        colour_conversion=str(meta["colour_conversion"]) or None,
     )
 
 
@@ -246,13 +259,7 @@ def _decode_image(path: str, settings: DecodeSettings) -> DecodedFile:
 
 
 def _sr_source_header(path: str) -> Dataset:
-    """The attributes of ``path`` an SR references, with empty Type 2 patient/study attributes where absent."""
-    full = pydicom.dcmread(path, stop_before_pixels=True)
-    header = Dataset()
-    for keyword in _SR_SOURCE_KEYWORDS:
-        if keyword in full:
-            setattr(header, keyword, full[keyword].value)
-    for keyword in _TYPE2_KEYWORDS:
-        if keyword not in header:
-            setattr(header, keyword, "")
-    return header
+    """The attributes of ``path`` its SR uses (:func:`.sr.source_header`)."""
+    from .sr import source_header  # sr imports records, which imports this module
+
+    return source_header(path)

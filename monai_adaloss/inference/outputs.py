@@ -5,8 +5,15 @@ One process writes one *part* folder (the output folder itself for a one-process
 
 - ``run.json``: the model's identity, rank and world size, and whether the shard is finished.
 - ``records.jsonl``: the records of every finished file, one JSON object a line.
-- ``errors.jsonl``: one line per failed file: ``{"path", "reason", "error"}``.
-- ``manifest.jsonl``: one line per finished file: ``{"path", "status": "ok" | "error", "frames", "records"}``.
+- ``errors.jsonl``: one line per failed file: ``{"path", "reason", "error"}``, and one per file whose
+  SR or overlays failed: ``{"path", "reason", "error", "stage": "sr" | "overlays"}``.
+- ``manifest.jsonl``: one line per finished file: ``{"path", "status": "ok" | "error" | "skipped",
+  "frames", "records"}`` (``"reason"`` for skipped files). For a file with records, a later line of the
+  same path adds ``"sr"`` (``"sr/<name>.sr.dcm"`` or ``"error: ..."``) and ``"overlays"`` (``"ok"`` or
+  ``"error: ..."``) once they were tried; the last line of a path wins.
+
+Records never depend on the SR or the overlays: a file's records are committed first, its SR and
+overlays are written after, and their outcome is committed by a further manifest line.
 
 A file's records (or its error line) are written with one ``write`` and ``fsync``\\ ed before its
 manifest line is appended (and ``fsync``\\ ed): the manifest is the commit. On ``--resume``, lines of
@@ -32,7 +39,10 @@ from typing import Any
 from .errors import InferenceConfigError
 from .records import RECORD_FIELDS
 
-__all__ = ["PartWriter", "atomic_write", "merge_outputs", "part_dirs", "read_done"]
+__all__ = ["STAGES", "PartWriter", "atomic_write", "merge_outputs", "part_dirs", "read_done"]
+
+STAGES = ("sr", "overlays")
+"""Outputs written after a file's records, each with its own status in the manifest and summary."""
 
 RECORDS, ERRORS, MANIFEST, RUN_INFO = "records.jsonl", "errors.jsonl", "manifest.jsonl", "run.json"
 CSV_NAME, SUMMARY = "records.csv", "summary.json"
@@ -110,14 +120,26 @@ class PartWriter:
         fsync_dir(directory)
 
     def write_records(self, path: str, num_frames: int, records: list[dict[str, Any]]) -> None:
-        """Commit one finished file's records."""
+        """Commit one finished file's records (before its SR and overlays are tried)."""
         self._append(RECORDS, b"".join(json_line(r) for r in records))
         self._commit({"path": path, "status": "ok", "frames": num_frames, "records": len(records)})
+
+    def write_stage(self, path: str, stage: str, value: str, error: str = "") -> None:
+        """Commit the outcome of a file's ``stage`` (``"sr"`` or ``"overlays"``): ``value`` is ``"sr/<name>"``
+        / ``"ok"``, or ``"error: <reason>"`` (then ``error``, the exception's name, goes to the errors file too)."""
+        if value.startswith("error"):
+            line = {"path": path, "reason": value.removeprefix("error: "), "error": error, "stage": stage}
+            self._append(ERRORS, json_line(line))
+        self._commit({**self.done[path], stage: value})
 
     def write_error(self, path: str, reason: str, error: str) -> None:
         """Commit one failed file's error line."""
         self._append(ERRORS, json_line({"path": path, "reason": reason, "error": error}))
         self._commit({"path": path, "status": "error", "frames": 0, "records": 0})
+
+    def write_skip(self, path: str, reason: str) -> None:
+        """Commit one file skipped by the modality policy."""
+        self._commit({"path": path, "status": "skipped", "frames": 0, "records": 0, "reason": reason})
 
     def close(self, finished: bool) -> None:
         """Close the logs; ``finished`` marks the shard as complete in ``run.json``."""
@@ -156,13 +178,11 @@ class PartWriter:
         """Keep the committed lines only (module docstring), and remove stale temporary files."""
         self.done = read_done(self.directory)
         atomic_write(self.directory / MANIFEST, b"".join(json_line(e) for e in self.done.values()))
-        for name, status in ((RECORDS, "ok"), (ERRORS, "error")):
-            kept = [
-                line
-                for line in _read_jsonl(self.directory / name)
-                if self.done.get(line["path"], {}).get("status") == status
-            ]
-            atomic_write(self.directory / name, b"".join(json_line(line) for line in kept))
+        kept = [line for line in _read_jsonl(self.directory / RECORDS) if _owns(self.done.get(line["path"]), line)]
+        atomic_write(self.directory / RECORDS, b"".join(json_line(line) for line in kept))
+        errors = {_error_key(line): line for line in _read_jsonl(self.directory / ERRORS)}  # the last line wins
+        kept = [line for line in errors.values() if _owns(self.done.get(line["path"]), line)]
+        atomic_write(self.directory / ERRORS, b"".join(json_line(line) for line in kept))
         for stale in self.directory.rglob(f".*{TMP_SUFFIX}"):
             stale.unlink()
 
@@ -171,8 +191,11 @@ def merge_outputs(output_dir: str | os.PathLike) -> dict[str, Any]:
     """Merge the parts of ``output_dir`` into the final outputs (module docstring); return the summary.
 
     The summary (also ``summary.json``): ``model`` (identity), ``complete`` (every part finished
-    its shard), ``counts`` (files, succeeded, failed, frames, records) and ``files`` (one entry per
-    file, sorted by path: ``path``, ``status``, ``frames``, ``records``, and ``reason`` for failures).
+    its shard), ``counts`` (files, succeeded, failed, skipped, frames, records, sr_written, sr_failed,
+    overlays_written, overlays_failed) and ``files`` (one entry per file, sorted by path: ``path``,
+    ``status`` (``ok``, ``error`` or ``skipped``), ``frames``, ``records``, ``reason`` for failed and
+    skipped files, and ``sr`` / ``overlays`` (``"sr/<name>.sr.dcm"`` / ``"ok"`` or ``"error: ..."``)
+    for files whose SR / overlays were asked for).
 
     Raises:
         InferenceConfigError: ``output_dir`` holds no part, or parts of different models.
@@ -187,23 +210,23 @@ def merge_outputs(output_dir: str | os.PathLike) -> dict[str, Any]:
         raise InferenceConfigError(f"`{output_dir}` holds parts of different models: {sorted(models)}.")
     entries: dict[str, dict[str, Any]] = {}  # path -> manifest entry of the first part that finished it
     records: dict[str, list[dict[str, Any]]] = {}
-    errors: dict[str, dict[str, Any]] = {}
+    errors: dict[tuple[str, str], dict[str, Any]] = {}  # (path, stage) -> error line
     for part in parts:
         owned = {path: entry for path, entry in read_done(part).items() if path not in entries}
         entries.update(owned)
         for line in _read_jsonl(part / RECORDS):
-            if owned.get(line["path"], {}).get("status") == "ok":
+            if _owns(owned.get(line["path"]), line):
                 records.setdefault(line["path"], []).append(line)
         for line in _read_jsonl(part / ERRORS):
-            if owned.get(line["path"], {}).get("status") == "error":
-                errors[line["path"]] = line
+            if _owns(owned.get(line["path"]), line):
+                errors[_error_key(line)] = line
     paths = sorted(entries)
     ordered = [r for path in paths for r in records.get(path, [])]
-    failed = [errors[p] for p in paths if p in errors]
+    failed = [errors[key] for key in sorted(errors, key=lambda k: (k[0], k[1] != "", k[1]))]
     atomic_write(output_dir / RECORDS, b"".join(json_line(r) for r in ordered))
     atomic_write(output_dir / ERRORS, b"".join(json_line(e) for e in failed))
     atomic_write(output_dir / CSV_NAME, _csv(ordered))
-    files = [_file_summary(entries[p], errors.get(p)) for p in paths]
+    files = [_file_summary(entries[p], errors.get((p, ""))) for p in paths]
     summary = {
         "model": infos[0]["model"],
         "complete": all(info.get("finished", False) for info in infos),
@@ -211,8 +234,14 @@ def merge_outputs(output_dir: str | os.PathLike) -> dict[str, Any]:
             "files": len(files),
             "succeeded": sum(f["status"] == "ok" for f in files),
             "failed": sum(f["status"] == "error" for f in files),
+            "skipped": sum(f["status"] == "skipped" for f in files),
             "frames": sum(f["frames"] for f in files),
             "records": len(ordered),
+            **{
+                f"{stage}_{outcome}": sum(str(f.get(stage, "")).startswith(prefix) for f in files)
+                for stage in STAGES
+                for outcome, prefix in (("written", "sr/" if stage == "sr" else "ok"), ("failed", "error"))
+            },
         },
         "files": files,
     }
@@ -220,10 +249,31 @@ def merge_outputs(output_dir: str | os.PathLike) -> dict[str, Any]:
     return summary
 
 
+def _owns(entry: Mapping[str, Any] | None, line: Mapping[str, Any]) -> bool:
+    """Whether a records / errors ``line`` belongs to the committed manifest ``entry`` of its file."""
+    if entry is None:
+        return False
+    stage = line.get("stage")
+    if stage is not None:  # an SR / overlays error line: kept while the manifest says that stage failed
+        return str(entry.get(stage, "")).startswith("error")
+    if "reason" in line:  # a file's error line
+        return entry["status"] == "error"
+    return entry["status"] == "ok"
+
+
+def _error_key(line: Mapping[str, Any]) -> tuple[str, str]:
+    return line["path"], str(line.get("stage", ""))
+
+
 def _file_summary(entry: Mapping[str, Any], error: Mapping[str, Any] | None) -> dict[str, Any]:
     summary = {"path": entry["path"], "status": entry["status"], "frames": entry["frames"], "records": entry["records"]}
     if entry["status"] == "error":
         summary["reason"] = error["reason"] if error else "unknown (its error line is missing)"
+    if entry["status"] == "skipped":
+        summary["reason"] = entry.get("reason", "")
+    for stage in STAGES:
+        if stage in entry:
+            summary[stage] = entry[stage]
     return summary
 
 

@@ -12,17 +12,22 @@ corrupt data. A torch ``DataLoader`` cannot survive that: a dead worker ends the
 - A worker that exceeds ``timeout`` seconds on one file is killed, the file fails with "decoder
   timed out", and the worker is replaced.
 - Errors the decode function raises are caught in the worker and returned as failures.
-- A worker whose parent dies (``kill -9`` of the command or of the DICOM node) exits within
-  ``_POLL_S`` seconds instead of living on as an orphan.
 
 Workers are started with ``fork`` where the platform has it (like the ``DataLoader``'s workers:
 fast, no re-import), else ``spawn`` (then ``decode_fn`` must be importable). Each worker uses one
-torch thread and ignores SIGINT (the parent handles Ctrl-C and stops them).
+torch thread, ignores SIGINT (the parent handles Ctrl-C and stops them) and takes SIGTERM's default
+action (not a handler the parent, e.g. the DICOM node, installed before forking).
+
+No orphans: a worker never outlives its parent, even one killed with SIGKILL. A forked worker
+closes the parent's end of its own pipe (which it inherits, and which would otherwise keep its
+``recv`` from ever seeing EOF), asks Linux to kill it when the parent dies (``PR_SET_PDEATHSIG``),
+and, on any platform, exits when its parent process id changes (checked every second while idle).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import queue
@@ -36,7 +41,7 @@ from typing import Any
 
 import torch
 
-from ..io import DicomReadError
+from ..io import DicomReadError, DicomSkippedError
 from .decode import DecodedFile, DecodeFailure, DecodeFn, DecodeSettings
 from .images import ImageReadError
 
@@ -46,18 +51,36 @@ Outcome = DecodedFile | DecodeFailure
 _END = object()
 _POLL_S = 0.5  # how often the dispatcher checks timeouts and the stop flag while workers are busy
 _JOIN_S = 5.0
+_PARENT_CHECK_S = 1.0
+_PR_SET_PDEATHSIG = 1
 
 
-def _worker_main(conn: Connection, decode_fn: DecodeFn, settings: DecodeSettings) -> None:
-    """Worker loop: receive a path, decode it, send the DecodedFile or a DecodeFailure; ``None`` stops."""
+def _die_with_parent() -> None:
+    """Linux: have the kernel send SIGKILL to this process when its parent dies (best effort elsewhere)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _worker_main(
+    conn: Connection, decode_fn: DecodeFn, settings: DecodeSettings, parent_pid: int, parent_end: Connection | None
+) -> None:
+    """Worker loop: receive a path, decode it, send the DecodedFile or a DecodeFailure; ``None`` stops.
+
+    It exits when its parent dies (module docstring): ``parent_end`` (the parent's end of this pipe,
+    inherited by a forked worker) is closed first, so that the parent's death closes the pipe.
+    """
+    _die_with_parent()
+    if parent_end is not None:
+        parent_end.close()
+    if os.getppid() != parent_pid:  # the parent died before PR_SET_PDEATHSIG took effect
+        return
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a handler the parent installed before forking
     torch.set_num_threads(1)
-    parent = os.getppid()
     while True:
         try:
-            while not conn.poll(_POLL_S):
-                if os.getppid() != parent:  # the parent was killed (SIGKILL): do not live on as an orphan
+            while not conn.poll(_PARENT_CHECK_S):
+                if os.getppid() != parent_pid:
                     return
             path = conn.recv()
         except (EOFError, OSError):
@@ -68,7 +91,7 @@ def _worker_main(conn: Connection, decode_fn: DecodeFn, settings: DecodeSettings
         try:
             outcome = decode_fn(path, settings)
         except (DicomReadError, ImageReadError) as err:
-            outcome = DecodeFailure(path, err.reason, type(err).__name__)
+            outcome = DecodeFailure(path, err.reason, type(err).__name__, isinstance(err, DicomSkippedError))
         except Exception as err:
             outcome = DecodeFailure(path, f"{type(err).__name__}: {err}", type(err).__name__)
         try:
@@ -82,7 +105,10 @@ class _Worker:
 
     def __init__(self, context: Any, decode_fn: DecodeFn, settings: DecodeSettings) -> None:
         self.conn, child = context.Pipe(duplex=True)
-        self.process = context.Process(target=_worker_main, args=(child, decode_fn, settings), daemon=True)
+        inherited = self.conn if context.get_start_method() == "fork" else None  # a spawned child has no copy
+        self.process = context.Process(
+            target=_worker_main, args=(child, decode_fn, settings, os.getpid(), inherited), daemon=True
+        )
         self.process.start()
         child.close()
 
@@ -181,7 +207,7 @@ class DecodePool:
         try:
             return self.decode_fn(path, self.settings)
         except (DicomReadError, ImageReadError) as err:
-            return DecodeFailure(path, err.reason, type(err).__name__)
+            return DecodeFailure(path, err.reason, type(err).__name__, isinstance(err, DicomSkippedError))
         except Exception as err:
             return DecodeFailure(path, f"{type(err).__name__}: {err}", type(err).__name__)
 

@@ -4,7 +4,10 @@ Coordinates follow DESIGN.md section 2: ``(x, y)`` = (column, row) of the origin
 pixel's centre at integer coordinates (the top-left pixel's centre is ``(0, 0)``). DICOM SR SCOORDs
 put ``(0.5, 0.5)`` there instead (see :mod:`.sr`). ``x_mm = x * column spacing`` and
 ``y_mm = y * row spacing``: millimetres in the detector plane from the top-left pixel's centre,
-``null`` when the file has no spacing; ``spacing_source`` names the tag (rule) that gave the spacing.
+``null`` when the file has no spacing; ``spacing_source`` names the tag (rule) that gave the spacing
+(``"none"``, or ``"none (<why>)"`` when a spacing tag is malformed). ``colour_conversion`` says how a
+colour file became the network's greyscale input (``"BT.601 luminance of RGB"``, ...), ``null`` for
+greyscale files.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ RECORD_FIELDS: tuple[str, ...] = (
     "x_mm",
     "y_mm",
     "spacing_source",
+    "colour_conversion",
     "confidence",
     "model_sha256",
 )
@@ -139,6 +143,7 @@ def file_records(
                         "x_mm": None if spacing is None or x is None else _rounded(point[0] * spacing[0]),
                         "y_mm": None if spacing is None or y is None else _rounded(point[1] * spacing[1]),
                         "spacing_source": decoded.spacing_source,
+                        "colour_conversion": decoded.colour_conversion,
                         "confidence": round(score, _CONFIDENCE_DECIMALS) if math.isfinite(score) else None,
                         "model_sha256": model_sha256,
                     }

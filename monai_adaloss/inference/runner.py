@@ -11,14 +11,19 @@ One code path serves ``monai-adaloss infer``, the Python API and the bundle's ``
 3. A ``DataLoader`` batches the frames of consecutive files; the network runs under
    ``torch.inference_mode`` (AMP float16 on CUDA) through the ``inferer``; heatmaps are decoded
    (:class:`~.heatmap_points.HeatmapDecoder`) and the points are mapped back to the original pixels.
-4. When all frames of a file are done, its SR and overlays (optional) are written, then its
-   records are committed (:class:`~.outputs.PartWriter`); failures go to the errors file.
+4. When all frames of a file are done, its records are committed (:class:`~.outputs.PartWriter`),
+   then its SR and overlays (optional) are written and their outcome committed apart: an SR or
+   overlay failure never costs the records (``sr: "error: ..."`` in the summary, exit code
+   ``OUTPUTS_FAILED``). With ``resume``, files that have records but no SR get their SR (from the
+   records and the source header, without inferring again). Files outside ``modalities`` are skipped.
 5. At the end (on rank 0 after a barrier when sharded), :func:`~.outputs.merge_outputs` writes the
    final JSONL, CSV and JSON summary.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import sys
@@ -40,12 +45,12 @@ from .errors import ExitCode, InferenceConfigError
 from .heatmap_points import HeatmapDecoder
 from .inputs import InputFiles
 from .model import DEFAULT_NETWORK_MODULES, LandmarkModel, load_checkpoint
-from .outputs import ERRORS, SUMMARY, PartWriter, merge_outputs, part_dirs, read_done
+from .outputs import ERRORS, RECORDS, SUMMARY, PartWriter, merge_outputs, part_dirs, read_done
 from .overlays import write_overlays
 from .pool import DecodePool, Outcome
-from .records import check_uids, file_records, network_to_original
+from .records import file_records, network_to_original, safe_name
 from .sharding import ShardGroup, shard
-from .sr import write_structured_report
+from .sr import source_header, sr_file_name, write_structured_report
 
 __all__ = ["FileTracker", "InferenceRunner", "InferenceSummary", "infer_outcomes"]
 
@@ -61,11 +66,15 @@ class InferenceSummary:
         rank, world_size: this process's place in a sharded run (0, 1 otherwise).
         succeeded, failed: files of this run (this process) with records / with an error line.
         skipped: files of this shard skipped because an earlier run finished them (``resume``).
+        skipped_by_policy: files of this run outside the ``modalities`` policy (not failures).
+        sr_failed, overlays_failed: files of this run with records whose SR / overlays failed.
+        sr_retried: files of an earlier run (``resume``) whose missing SR this run wrote.
         frames, records: frames inferred and records written by this run.
         elapsed_s: wall time of ``run()``.
         final: the merged summary (``summary.json``) on rank 0; ``None`` on other ranks.
         exit_code: :class:`ExitCode` of the process: on rank 0, ``FILES_FAILED`` when a file of the
-            final outputs failed, else ``OK``; other ranks return ``OK`` when their shard is finished
+            final outputs failed, else ``OUTPUTS_FAILED`` when an SR or overlays failed, else ``OK``
+            (skipped files do not count); other ranks return ``OK`` when their shard is finished
             (``torchrun`` exits with rank 0's code then).
     """
 
@@ -75,6 +84,10 @@ class InferenceSummary:
     succeeded: int = 0
     failed: int = 0
     skipped: int = 0
+    skipped_by_policy: int = 0
+    sr_failed: int = 0
+    overlays_failed: int = 0
+    sr_retried: int = 0
     frames: int = 0
     records: int = 0
     elapsed_s: float = 0.0
@@ -88,18 +101,23 @@ class InferenceSummary:
     def line(self) -> str:
         """The one-line report the command prints."""
         who = f"rank {self.rank}/{self.world_size}: " if self.world_size > 1 else ""
+        ran = self.succeeded + self.failed + self.skipped_by_policy
         text = (
-            f"monai-adaloss infer: {who}{self.succeeded + self.failed} files this run ({self.succeeded} succeeded, "
-            f"{self.failed} failed), {self.skipped} skipped (finished before); {self.frames} frames, "
-            f"{self.records} records in {self.elapsed_s:.1f} s ({self.frames_per_second:.1f} frames/s)"
+            f"monai-adaloss infer: {who}{ran} files this run ({self.succeeded} succeeded, {self.failed} failed, "
+            f"{self.skipped_by_policy} skipped by --modalities), {self.skipped} skipped (finished before); "
+            f"{self.frames} frames, {self.records} records in {self.elapsed_s:.1f} s "
+            f"({self.frames_per_second:.1f} frames/s)"
         )
+        if self.sr_failed or self.overlays_failed or self.sr_retried:
+            text += f"; {self.sr_failed} SR and {self.overlays_failed} overlay failures, {self.sr_retried} SRs retried"
         if self.final is not None:
             counts = self.final["counts"]
             text += (
                 f"; outputs: {counts['files']} files, {counts['succeeded']} succeeded, {counts['failed']} failed, "
-                f"{counts['records']} records"
+                f"{counts['skipped']} skipped, {counts['records']} records, {counts['sr_written']} SRs "
+                f"({counts['sr_failed']} failed)"
             )
-            if counts["failed"]:
+            if counts["failed"] or counts["sr_failed"] or counts["overlays_failed"]:
                 text += f" (reasons in {Path(self.output_dir) / ERRORS})"
         return f"{text}; exit code {int(self.exit_code)}"
 
@@ -130,6 +148,8 @@ class InferenceRunner:
         decode_timeout: seconds one file may take to decode before it fails; ``None``: no limit.
         decode_fn: the per-file decoding function run in the workers (default :func:`decode_file`).
         network_modules: modules a checkpoint's network config may name (see :mod:`.model`).
+        modalities: DICOM Modality values to infer (e.g. ``("XA", "RF", "CR", "DX")``); other files are
+            skipped with the reason and counted apart from failures. ``None`` (default): every image.
 
     Raises:
         InferenceConfigError: (from ``run``) the run cannot start; nothing was written then.
@@ -153,6 +173,7 @@ class InferenceRunner:
         decode_timeout: float | None = 300.0,
         decode_fn: DecodeFn = decode_file,
         network_modules: Sequence[str] = DEFAULT_NETWORK_MODULES,
+        modalities: Sequence[str] | None = None,
     ) -> None:
         if batch_size < 1:
             raise InferenceConfigError(f"Argument `batch_size` must be >= 1, got {batch_size}.")
@@ -176,13 +197,16 @@ class InferenceRunner:
         self.decode_timeout = decode_timeout
         self.decode_fn = decode_fn
         self.network_modules = tuple(network_modules)
+        self.modalities = None if modalities is None else tuple(m.strip().upper() for m in modalities if m.strip())
+        if self.modalities is not None and not self.modalities:
+            raise InferenceConfigError("Argument `modalities` names no modality; pass None for every image.")
 
     def run(self) -> InferenceSummary:
         """Infer every input file of this process's shard and write the outputs; see the module docstring."""
         started = time.perf_counter()
         model = load_checkpoint(self.checkpoint, self.network, self.network_modules)
         settings = DecodeSettings.from_model_info(
-            model.info, keep_header=self.write_sr, keep_display=self.write_overlays
+            model.info, keep_header=self.write_sr, keep_display=self.write_overlays, modalities=self.modalities
         )
         decoder = HeatmapDecoder(model.info)
         files = self.inputs.with_exclude(self.output_dir).files()
@@ -207,6 +231,8 @@ class InferenceRunner:
             todo = [path for path in todo if path not in done]
             finished = False
             try:
+                if self.resume and self.write_sr:
+                    self._retry_missing_srs(model, writer, summary)
                 self._infer(model, decoder, settings, todo, writer, summary)
                 finished = True
             finally:
@@ -214,8 +240,11 @@ class InferenceRunner:
             group.barrier()  # every shard is finished
             if group.rank == 0:
                 summary.final = merge_outputs(self.output_dir)
-                if summary.final["counts"]["failed"]:
+                counts = summary.final["counts"]
+                if counts["failed"]:
                     summary.exit_code = ExitCode.FILES_FAILED
+                elif counts["sr_failed"] or counts["overlays_failed"]:
+                    summary.exit_code = ExitCode.OUTPUTS_FAILED
             group.barrier()  # ranks end together: torchrun stops every rank when one exits early with an error
         summary.elapsed_s = time.perf_counter() - started
         logger.info(summary.line())
@@ -246,6 +275,25 @@ class InferenceRunner:
             ):
                 bar.update(frames)
                 bar.set_postfix(files=f"{summary.succeeded + summary.failed}/{len(todo)}", failed=summary.failed)
+
+    def _retry_missing_srs(self, model: LandmarkModel, writer: PartWriter, summary: InferenceSummary) -> None:
+        """Write the SR of every file of this part that has records but no SR (killed before it, or it failed)."""
+        missing = [e["path"] for e in writer.done.values() if e["status"] == "ok" and not _sr_written(e)]
+        if not missing:
+            return
+        records: dict[str, list[dict[str, Any]]] = {path: [] for path in missing}
+        for line in _read_records(writer.directory / RECORDS):
+            if line["path"] in records:
+                records[line["path"]].append(line)
+        tracker = _FileTracker(writer, model, self.output_dir, True, False, summary)
+        for path in missing:
+            try:
+                header = source_header(path)
+            except Exception as err:
+                tracker.sr_failed(path, f"cannot read the source header: {type(err).__name__}: {err}", err)
+                continue
+            if tracker.write_sr(path, header, records[path]):
+                summary.sr_retried += 1
 
     def _device(self) -> torch.device:
         if self.device is not None:
@@ -309,20 +357,24 @@ class _FileTracker:
     ) -> None:
         self.writer = writer
         self.model = model
+        self.output_dir = output_dir
         self.sr_dir = output_dir / "sr" if write_sr else None
         self.overlay_dir = output_dir / "overlays" if write_overlays else None
         self.summary = summary
         self.pending: dict[int, _PendingFile] = {}
         self._next_id = 0
+        # SR file name -> source path, to give a second file with the same SOPInstanceUID its own SR
+        self._sr_names = {e["sr"]: e["path"] for e in writer.done.values() if _sr_written(e)}
 
     def start(self, outcome: Outcome) -> tuple[int, np.ndarray] | None:
         """Register a decoded file and return ``(file id, its frames)``; a failure is committed, ``None``."""
+        if isinstance(outcome, DecodeFailure) and outcome.skipped:
+            logger.info("%s: skipped: %s", outcome.path, outcome.reason)
+            self.writer.write_skip(outcome.path, outcome.reason)
+            self.summary.skipped_by_policy += 1
+            return None
         if isinstance(outcome, DecodeFailure):
             self._fail(outcome.path, outcome.reason, outcome.error)
-            return None
-        reason = check_uids(outcome.uids) if outcome.dicom else None  # other files have no UIDs
-        if reason is not None:
-            self._fail(outcome.path, reason, "InvalidUID")
             return None
         if outcome.num_frames == 0:
             self._fail(outcome.path, "the decoder returned no frames", "NoFrames")
@@ -342,25 +394,61 @@ class _FileTracker:
                 self._finish(self.pending.pop(file_id))
 
     def _finish(self, pending: _PendingFile) -> None:
+        """Commit a file's records, then try its SR and overlays (their failures cost only themselves)."""
         decoded, info = pending.decoded, self.model.info
         points = network_to_original(torch.stack(pending.points), info.input_size, decoded.original_size)
         records = file_records(
             decoded, points, torch.stack(pending.confidence), info.landmark_names, self.model.model_id
         )
-        try:
-            if self.sr_dir is not None:
-                write_structured_report(self.sr_dir, decoded.header, records, info.landmark_names, self.model.sha256)
-            if self.overlay_dir is not None:
-                write_overlays(self.overlay_dir, decoded.display, records, info.landmark_names, decoded.output_name)
-        except Exception as err:  # a header highdicom rejects, a full disk, ...
-            self._fail(
-                decoded.path, f"cannot write the SR or overlays: {type(err).__name__}: {err}", type(err).__name__
-            )
-            return
         self.writer.write_records(decoded.path, decoded.num_frames, records)
         self.summary.succeeded += 1
         self.summary.frames += decoded.num_frames
         self.summary.records += len(records)
+        if self.sr_dir is not None:
+            self.write_sr(decoded.path, decoded.header, records)
+        if self.overlay_dir is not None:
+            try:
+                write_overlays(self.overlay_dir, decoded.display, records, info.landmark_names, decoded.output_name)
+            except Exception as err:  # a full disk, ...
+                logger.warning("%s: cannot write the overlays: %s: %s", decoded.path, type(err).__name__, err)
+                reason = f"error: {type(err).__name__}: {err}"
+                self.writer.write_stage(decoded.path, "overlays", reason, type(err).__name__)
+                self.summary.overlays_failed += 1
+            else:
+                self.writer.write_stage(decoded.path, "overlays", "ok")
+
+    def write_sr(self, path: str, header: Any, records: list[dict[str, Any]]) -> bool:
+        """Write the SR of ``path`` from its header and records and commit the outcome; ``True`` if written."""
+        assert self.sr_dir is not None
+        try:
+            if header is None:
+                raise ValueError("the source header was not kept")
+            name = self._sr_name(path, str(header.get("SOPInstanceUID", "")))
+            written = write_structured_report(
+                self.sr_dir, header, records, self.model.info.landmark_names, self.model.sha256, file_name=name
+            )
+        except Exception as err:  # a source the SR cannot reference, a full disk, ...
+            self.sr_failed(path, f"{type(err).__name__}: {err}", err)
+            return False
+        value = written.relative_to(self.output_dir).as_posix()
+        self._sr_names[value] = path
+        self.writer.write_stage(path, "sr", value)
+        return True
+
+    def sr_failed(self, path: str, reason: str, err: BaseException) -> None:
+        """Commit an SR failure of a file whose records are kept."""
+        logger.warning("%s: records kept, but no SR: %s", path, reason)
+        self.writer.write_stage(path, "sr", f"error: {reason}", type(err).__name__)
+        self.summary.sr_failed += 1
+
+    def _sr_name(self, path: str, sop_instance_uid: str) -> str:
+        """``{SOPInstanceUID}.sr.dcm``, or with 8 hex digits of the path's SHA-1 when another file of this
+        part already has that name (files that share a SOPInstanceUID keep one SR each)."""
+        name = sr_file_name(sop_instance_uid)
+        owner = self._sr_names.get(f"sr/{name}")
+        if owner is None or owner == path:
+            return name
+        return f"{safe_name(sop_instance_uid)}_{hashlib.sha1(path.encode()).hexdigest()[:8]}.sr.dcm"
 
     def _fail(self, path: str, reason: str, error: str) -> None:
         logger.warning("%s: %s", path, reason)
@@ -383,6 +471,21 @@ class _FrameStream(IterableDataset):
             file_id, images = started
             for frame in range(images.shape[0]):
                 yield torch.from_numpy(images[frame]), file_id, frame
+
+
+def _sr_written(entry: dict[str, Any]) -> bool:
+    return str(entry.get("sr", "")).startswith("sr/")
+
+
+def _read_records(path: Path) -> Iterator[dict[str, Any]]:
+    """The complete record lines of a part's records file (a torn last line is skipped)."""
+    if not path.exists():
+        return
+    for line in path.read_bytes().split(b"\n")[:-1]:
+        try:
+            yield json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
 
 
 FileTracker = _FileTracker

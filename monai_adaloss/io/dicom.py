@@ -37,12 +37,29 @@ It maps pixel indices to millimetres in the detector plane (x along columns, y a
 to patient coordinates, which projection images do not define; an orientation transform to
 RAS leaves the image unchanged.
 
-Decoding uses pydicom's pixel data plugins: native and RLE always; JPEG, JPEG-LS and JPEG 2000
-when a plugin for them is installed (pylibjpeg with pylibjpeg-libjpeg / pylibjpeg-openjpeg,
-python-gdcm, pyjpegls, or Pillow for some). For a transfer syntax no pydicom plugin can decode,
-MONOCHROME2 files fall back to ITK's GDCM (``itk.imread``), which decodes all JPEG lossless
-variants without extra packages. A file that still cannot be decoded raises
-:class:`DicomDecoderUnavailableError` naming the transfer syntax and the packages to install.
+Decoding uses pydicom's pixel data plugins: native, big endian, deflate and RLE always; JPEG
+2000, JPEG-LS and JPEG baseline / extended / lossless through the permissively licensed decoders
+this package depends on (pylibjpeg-openjpeg, pyjpegls, python-gdcm, Pillow; not the GPL
+pylibjpeg-libjpeg, so 12-bit JPEG Extended, which only it decodes, is not readable). For a
+transfer syntax no pydicom plugin can decode, MONOCHROME2 files fall back to ITK's GDCM
+(``itk.imread``), which decodes all JPEG lossless variants without extra packages. A file that
+still cannot be decoded raises :class:`DicomDecoderUnavailableError` naming the transfer syntax
+and the packages to install.
+
+Real-world files (DESIGN.md section 2, issue 13): a file without the 128-byte preamble and File
+Meta (ACR-NEMA style) is read with ``force=True`` when the data set parses and has an image pixel
+module (Rows, Columns, Pixel Data); a missing Transfer Syntax UID is inferred from the encoding the
+data set was read with; absent SamplesPerPixel (1), PhotometricInterpretation (MONOCHROME2 for one
+sample), BitsStored (BitsAllocated), HighBit (BitsStored - 1) and PixelRepresentation (0) take the
+values the pixel data implies (listed in ``meta["defaults"]``, comma-separated ``Keyword=value``).
+Such files, deflated files and files whose decoding from the path fails are decoded from the
+(patched) data set in memory. Colour frames (RGB, YBR_* converted to RGB by pydicom, PALETTE
+COLOR expanded through its LUT) become the ITU-R BT.601 luminance ``0.299 R + 0.587 G + 0.114 B``
+divided by the largest sample value; the conversion is recorded in ``meta["colour_conversion"]``
+("" for greyscale) and no Modality LUT or VOI is applied to them. With
+``invalid_spacing="pixels"`` a malformed or absurd spacing gives pixel units (spacing unknown) with
+``spacing_source = "none (<tag> <problem>)"`` instead of an error. With ``modalities`` a file
+whose Modality is not listed raises :class:`DicomSkippedError` right after its header is read.
 
 Every problem with an input file raises a :class:`DicomReadError` (a ``ValueError``) whose
 ``path`` and ``reason`` say which file and what is wrong, so batch inference can catch it per
@@ -69,7 +86,7 @@ from monai.data import ImageReader, MetaTensor
 from monai.transforms import LoadImage, MapTransform, Transform
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut, apply_voi, get_decoder, iter_pixels, pixel_array
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, get_decoder, iter_pixels, pixel_array
 from pydicom.uid import UID
 
 __all__ = [
@@ -78,6 +95,7 @@ __all__ = [
     "SPACING_RANGE_MM",
     "DicomDecoderUnavailableError",
     "DicomReadError",
+    "DicomSkippedError",
     "DicomSpacingError",
     "LoadDicomFrame",
     "LoadDicomFrameD",
@@ -101,6 +119,11 @@ _PIXEL_DATA_TAG = 0x7FE00010
 _DEFER_SIZE = 1024  # bytes; larger values (pixel data, LUT data) are read only when needed
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _GREY = ("MONOCHROME1", "MONOCHROME2")
+_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420", "YBR_PARTIAL_422")
+_PALETTE = "PALETTE COLOR"
+BT601_WEIGHTS: tuple[float, float, float] = (0.299, 0.587, 0.114)
+"""ITU-R BT.601 luma weights of (R, G, B): colour frames are converted to this luminance."""
+_IMAGE_PIXEL_KEYWORDS = ("Rows", "Columns")
 _VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 
 
@@ -135,6 +158,23 @@ class DicomSpacingError(DicomReadError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.path, self.tag, self.problem)
+
+
+class DicomSkippedError(DicomReadError):
+    """The file is outside the reader's ``modalities`` policy: skipped, not failed.
+
+    Attributes:
+        modality: the file's Modality ("" when absent).
+    """
+
+    def __init__(self, path: PathLike, modality: str, allowed: Sequence[str]) -> None:
+        self.modality = modality
+        self.allowed = tuple(allowed)
+        shown = repr(modality) if modality else "absent"
+        super().__init__(path, f"Modality {shown} is not one of --modalities {','.join(self.allowed)}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.path, self.modality, self.allowed)
 
 
 class DicomDecoderUnavailableError(DicomReadError, RuntimeError):
@@ -197,6 +237,12 @@ class _FrameLayout:
     spacing_xy: tuple[float, float] | None
     spacing_source: str
     intensity_mapping: str
+    samples: int = 1
+    photometric: str = "MONOCHROME2"
+    from_dataset: bool = False
+    legacy: bool = False
+    defaults: tuple[str, ...] = ()
+    colour_conversion: str | None = None
 
 
 def _check_frame(frame: Any) -> int:
@@ -233,6 +279,11 @@ class XRayDicomReader(ImageReader):
         max_pixels: files with Rows x Columns x NumberOfFrames above this are rejected.
         itk_fallback: decode transfer syntaxes that no installed pydicom plugin handles with
             ITK's GDCM (MONOCHROME2 only: GDCM inverts MONOCHROME1 pixel values itself).
+        invalid_spacing: ``"raise"`` (default): a malformed or absurd spacing raises
+            :class:`DicomSpacingError`; ``"pixels"``: the spacing is unknown (pixel units) and
+            ``spacing_source`` says why, e.g. ``"none (PixelSpacing must have 2 values ...)"``.
+        modalities: read only files whose Modality is one of these (others raise
+            :class:`DicomSkippedError`); ``None``: every modality.
 
     Raises:
         ValueError: when an argument is invalid.
@@ -244,10 +295,16 @@ class XRayDicomReader(ImageReader):
         apply_voi_lut: bool = True,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         itk_fallback: bool = True,
+        invalid_spacing: str = "raise",
+        modalities: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         if max_pixels < 1:
             raise ValueError(f"Argument `max_pixels` must be positive, got {max_pixels}.")
+        if invalid_spacing not in ("raise", "pixels"):
+            raise ValueError(f"Argument `invalid_spacing` must be 'raise' or 'pixels', got {invalid_spacing!r}.")
+        self.invalid_spacing = invalid_spacing
+        self.modalities = None if modalities is None else tuple(str(m).strip().upper() for m in modalities)
         self.frame = _check_frame(frame)
         self.apply_voi_lut = apply_voi_lut
         self.max_pixels = max_pixels
@@ -321,23 +378,22 @@ class XRayDicomReader(ImageReader):
         return out, self._meta(path, layout, decoder)
 
     def _inspect(self, path: str) -> _FrameLayout:
-        """Read and validate the header of ``path`` (pixel data deferred)."""
-        header = _read_header(path)
-        transfer_syntax = UID(header.file_meta.get("TransferSyntaxUID", ""))
+        """Read and validate the header of ``path`` (pixel data deferred), applying the documented defaults."""
+        header, legacy = _read_header(path)
+        if self.modalities is not None:
+            modality = str(header.get("Modality", "") or "").strip().upper()
+            if modality not in self.modalities:
+                raise DicomSkippedError(path, modality, self.modalities)
+        from_dataset = legacy
+        transfer_syntax = UID(header.file_meta.get("TransferSyntaxUID", "") or "")
         if not transfer_syntax:
-            raise DicomReadError(path, "the File Meta Information has no Transfer Syntax UID (0002,0010)")
+            transfer_syntax = _encoding_syntax(header)
+            header.file_meta.TransferSyntaxUID = transfer_syntax
+            from_dataset = True
+        if transfer_syntax.is_deflated:
+            from_dataset = True  # the path-based decoders cannot seek into a deflated stream
         if _PIXEL_DATA_TAG not in header:
             raise DicomReadError(path, "no Pixel Data (7FE0,0010) element (missing, or the file is truncated)")
-        samples = _int_tag(path, header, "SamplesPerPixel")
-        if samples != 1:
-            raise DicomReadError(
-                path, f"SamplesPerPixel is {samples} (colour); XRayDicomReader reads greyscale images only"
-            )
-        photometric = str(header.get("PhotometricInterpretation", "")).strip()
-        if photometric not in _GREY:
-            raise DicomReadError(
-                path, f"PhotometricInterpretation is {photometric!r}; expected MONOCHROME1 or MONOCHROME2"
-            )
         rows = _int_tag(path, header, "Rows")
         columns = _int_tag(path, header, "Columns")
         num_frames = _int_tag(path, header, "NumberOfFrames", default=1)
@@ -347,9 +403,19 @@ class XRayDicomReader(ImageReader):
                 f"absurd dimensions: Rows {rows} x Columns {columns} x NumberOfFrames {num_frames} "
                 f"(must be positive, at most {self.max_pixels} pixels in all)",
             )
-        _check_pixel_data_length(path, header, transfer_syntax, rows * columns * num_frames)
+        defaults = _apply_defaults(path, header, transfer_syntax, rows * columns * num_frames)
+        from_dataset = from_dataset or bool(defaults)
+        samples = _int_tag(path, header, "SamplesPerPixel")
+        photometric = str(header.get("PhotometricInterpretation", "")).strip().upper()
+        colour_conversion = _colour_conversion(path, samples, photometric)
+        _check_pixel_data_length(path, header, transfer_syntax, rows * columns * num_frames * samples)
         _check_rescale(path, header)
-        spacing_xy, spacing_source = _spacing(path, header)
+        try:
+            spacing_xy, spacing_source = _spacing(path, header)
+        except DicomSpacingError as err:
+            if self.invalid_spacing == "raise":
+                raise
+            spacing_xy, spacing_source = None, f"none ({err.reason})"
         return _FrameLayout(
             header=header,
             transfer_syntax=transfer_syntax,
@@ -358,7 +424,15 @@ class XRayDicomReader(ImageReader):
             num_frames=num_frames,
             spacing_xy=spacing_xy,
             spacing_source=spacing_source,
-            intensity_mapping=_intensity_mapping(path, header, self.apply_voi_lut),
+            intensity_mapping=(
+                "colour luminance" if colour_conversion else _intensity_mapping(path, header, self.apply_voi_lut)
+            ),
+            samples=samples,
+            photometric=photometric,
+            from_dataset=from_dataset,
+            legacy=legacy,
+            defaults=defaults,
+            colour_conversion=colour_conversion,
         )
 
     def _decode(self, path: str, layout: _FrameLayout, frame: int | None) -> tuple[Iterator[np.ndarray], str]:
@@ -370,9 +444,11 @@ class XRayDicomReader(ImageReader):
         if decoder.is_available:
             return _pydicom_frames(path, layout, frame), "pydicom"
         packages = _pip_packages(decoder.missing_dependencies)
+        if layout.from_dataset or layout.samples != 1:
+            raise DicomDecoderUnavailableError(path, layout.transfer_syntax, packages)
         if not self.itk_fallback:
             raise DicomDecoderUnavailableError(path, layout.transfer_syntax, packages)
-        if layout.header.PhotometricInterpretation != "MONOCHROME2":
+        if layout.photometric != "MONOCHROME2":
             raise DicomDecoderUnavailableError(
                 path,
                 layout.transfer_syntax,
@@ -390,6 +466,8 @@ class XRayDicomReader(ImageReader):
     def _to_display(self, path: str, layout: _FrameLayout, stored: np.ndarray) -> np.ndarray:
         """Stored values ``(Rows, Columns)`` -> Modality LUT -> VOI -> ``[0, 1]``, MONOCHROME2-like, float32."""
         header = layout.header
+        if layout.colour_conversion is not None:
+            return _luminance(path, layout, stored)
         if stored.shape != (layout.rows, layout.columns):
             expected = (layout.rows, layout.columns)
             raise DicomReadError(path, f"decoded frame has shape {stored.shape}, expected (Rows, Columns) = {expected}")
@@ -403,7 +481,7 @@ class XRayDicomReader(ImageReader):
             low, high = float(modality.min()), float(modality.max())
             display = (modality - low) / (high - low) if high > low else np.zeros_like(modality)
         display = np.clip(display, 0.0, 1.0)
-        if header.PhotometricInterpretation == "MONOCHROME1":
+        if layout.photometric == "MONOCHROME1":
             display = 1.0 - display
         return display.astype(np.float32)
 
@@ -420,6 +498,9 @@ class XRayDicomReader(ImageReader):
             "spacing": np.asarray(spacing),
             "spacing_source": layout.spacing_source,
             "intensity_mapping": layout.intensity_mapping,
+            "colour_conversion": layout.colour_conversion or "",
+            "defaults": ", ".join(layout.defaults),
+            "legacy": layout.legacy,
             "decoder": decoder,
             "filename_or_obj": path,
             "NumberOfFrames": layout.num_frames,
@@ -533,8 +614,13 @@ class LoadDicomFramed(MapTransform):
 LoadDicomFrameD = LoadDicomFrameDict = LoadDicomFramed
 
 
-def _read_header(path: str) -> Dataset:
-    """``dcmread`` with the pixel data deferred, turning every failure into a DicomReadError."""
+def _read_header(path: str) -> tuple[Dataset, bool]:
+    """``dcmread`` with the pixel data deferred, turning every failure into a DicomReadError.
+
+    Returns ``(header, legacy)``: ``legacy`` is true for a file without the 'DICM' prefix (no
+    preamble / File Meta, ACR-NEMA style), which is accepted when ``force=True`` parses it into a
+    data set with an image pixel module (Rows, Columns and Pixel Data).
+    """
     file = Path(path)
     if not file.is_file():
         raise DicomReadError(path, "no such file" if not file.exists() else "not a regular file")
@@ -545,11 +631,101 @@ def _read_header(path: str) -> Dataset:
         stream.seek(128)
         has_prefix = stream.read(4) == b"DICM"
     if not has_prefix:
-        raise DicomReadError(path, "not a DICOM file (no 'DICM' prefix at byte 128)")
+        try:
+            header = pydicom.dcmread(file, defer_size=_DEFER_SIZE, force=True)
+            is_image = all(k in header for k in _IMAGE_PIXEL_KEYWORDS) and _PIXEL_DATA_TAG in header
+        except Exception:
+            is_image = False
+        if not is_image:
+            raise DicomReadError(
+                path,
+                "not a DICOM file (no 'DICM' prefix at byte 128, and it does not parse as a data set with an "
+                "image pixel module)",
+            )
+        return header, True
     try:
-        return pydicom.dcmread(file, defer_size=_DEFER_SIZE)
+        return pydicom.dcmread(file, defer_size=_DEFER_SIZE), False
     except Exception as err:
         raise DicomReadError(path, f"truncated or corrupt DICOM file ({type(err).__name__}: {err})") from err
+
+
+def _encoding_syntax(header: Dataset) -> UID:
+    """The uncompressed transfer syntax a data set was read with (for a File Meta without one)."""
+    implicit, little = header.original_encoding
+    if implicit:
+        return pydicom.uid.ImplicitVRLittleEndian
+    return pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian
+
+
+def _apply_defaults(path: str, header: Dataset, transfer_syntax: UID, num_pixels: int) -> tuple[str, ...]:
+    """Set absent image pixel attributes whose value the pixel data implies; return ``"Keyword=value"`` of each."""
+    applied: list[str] = []
+
+    def absent(keyword: str) -> bool:
+        value = header.get(keyword)
+        return value is None or value == ""
+
+    def set_default(keyword: str, value: Any) -> None:
+        setattr(header, keyword, value)
+        applied.append(f"{keyword}={value}")
+
+    photometric = str(header.get("PhotometricInterpretation", "") or "").strip().upper()
+    if absent("SamplesPerPixel"):
+        set_default("SamplesPerPixel", 3 if photometric in _COLOUR else 1)
+    if absent("PhotometricInterpretation") and int(header.SamplesPerPixel) == 1:
+        set_default("PhotometricInterpretation", "MONOCHROME2")
+    if absent("BitsAllocated"):
+        element = header.get_item(_PIXEL_DATA_TAG, keep_deferred=True)
+        samples = int(header.SamplesPerPixel) if not absent("SamplesPerPixel") else 1
+        bits = None
+        if not transfer_syntax.is_compressed and element.length not in (None, _UNDEFINED_LENGTH) and num_pixels:
+            bits = 8 * element.length // (num_pixels * samples)
+        if bits not in (8, 16, 32):
+            raise DicomReadError(path, "missing BitsAllocated, and the pixel data length does not imply it")
+        set_default("BitsAllocated", bits)
+    if absent("BitsStored"):
+        set_default("BitsStored", int(header.BitsAllocated))
+    if absent("HighBit"):
+        set_default("HighBit", int(header.BitsStored) - 1)
+    if absent("PixelRepresentation"):
+        set_default("PixelRepresentation", 0)
+    if int(header.get("SamplesPerPixel", 1)) > 1 and absent("PlanarConfiguration"):
+        set_default("PlanarConfiguration", 0)
+    return tuple(applied)
+
+
+def _colour_conversion(path: str, samples: int, photometric: str) -> str | None:
+    """How a colour file becomes luminance (``None`` for greyscale); DicomReadError if unsupported."""
+    if samples == 1 and photometric in _GREY:
+        return None
+    if samples == 1 and photometric == _PALETTE:
+        return "BT.601 luminance of PALETTE COLOR (expanded through its LUT)"
+    if samples == 3 and photometric == "RGB":
+        return "BT.601 luminance of RGB"
+    if samples == 3 and photometric in _COLOUR:
+        return f"BT.601 luminance of {photometric} (converted to RGB)"
+    raise DicomReadError(
+        path,
+        f"SamplesPerPixel {samples} with PhotometricInterpretation {photometric!r} is not supported "
+        f"(greyscale {' / '.join(_GREY)}, {_PALETTE}, or 3 samples RGB / YBR)",
+    )
+
+
+def _luminance(path: str, layout: _FrameLayout, stored: np.ndarray) -> np.ndarray:
+    """A colour frame ``(Rows, Columns, 3)`` (or palette indices ``(Rows, Columns)``) -> BT.601 luminance in [0, 1]."""
+    header = layout.header
+    if layout.photometric == _PALETTE:
+        rgb = apply_color_lut(stored, header)
+        bits = int(header.RedPaletteColorLookupTableDescriptor[2])
+        bits = 8 if bits <= 8 else 16
+    else:
+        rgb = stored
+        bits = int(header.get("BitsStored", header.BitsAllocated))
+    if rgb.shape != (layout.rows, layout.columns, 3):
+        expected = (layout.rows, layout.columns, 3)
+        raise DicomReadError(path, f"decoded colour frame has shape {rgb.shape}, expected {expected}")
+    luma = np.tensordot(rgb.astype(np.float64), np.asarray(BT601_WEIGHTS), axes=([2], [0]))
+    return np.clip(luma / (2.0**bits - 1.0), 0.0, 1.0).astype(np.float32)
 
 
 def _int_tag(path: str, header: Dataset, keyword: str, default: int | None = None) -> int:
@@ -571,6 +747,8 @@ def _check_pixel_data_length(path: str, header: Dataset, transfer_syntax: UID, n
     if element.length == _UNDEFINED_LENGTH or not transfer_syntax.is_transfer_syntax:
         return  # encapsulated or unknown syntax: the decoder checks the fragments
     expected = (num_pixels * _int_tag(path, header, "BitsAllocated") + 7) // 8
+    if str(header.get("PhotometricInterpretation", "")).strip().upper() == "YBR_FULL_422":
+        expected = expected * 2 // 3  # two samples per pixel: Y for each, Cb and Cr shared by two pixels
     if element.length < expected:
         raise DicomReadError(
             path, f"Pixel Data holds {element.length} bytes, expected {expected} for Rows x Columns x NumberOfFrames"
@@ -705,18 +883,66 @@ def _window(values: np.ndarray, header: Dataset) -> np.ndarray:
 
 
 def _pydicom_frames(path: str, layout: _FrameLayout, frame: int | None) -> Iterator[np.ndarray]:
-    """Decode with pydicom, reading only ``frame`` (or every frame in turn) from the file."""
-    try:
+    """Decode with pydicom, reading only ``frame`` (or every frame in turn) from the file.
+
+    Attempts, in order, each used only when the ones before fail before their first frame: frame by
+    frame from the path (skipped for files that need the patched data set: legacy, inferred transfer
+    syntax, defaults, deflate); frame by frame from the data set in memory; the whole pixel array at
+    once from the data set (pydicom's frame iterator fails on some files its ``pixel_array`` reads).
+    """
+
+    def from_path() -> Iterator[np.ndarray]:
         if frame is not None:
             yield pixel_array(path, index=frame)
         else:
             yield from iter_pixels(path)
+
+    def from_dataset() -> Iterator[np.ndarray]:
+        dataset = _full_dataset(path, layout)
+        if frame is not None:
+            yield pixel_array(dataset, index=frame)
+        else:
+            yield from iter_pixels(dataset)
+
+    def whole_array() -> Iterator[np.ndarray]:
+        array = pixel_array(_full_dataset(path, layout))
+        if frame is not None:
+            yield array[frame] if layout.num_frames > 1 else array
+        elif layout.num_frames > 1:
+            yield from array
+        else:
+            yield array
+
+    attempts = [from_dataset, whole_array] if layout.from_dataset else [from_path, from_dataset, whole_array]
+    for number, attempt in enumerate(attempts, start=1):
+        started = False
+        try:
+            for array in attempt():
+                started = True
+                yield array
+            return
+        except DicomReadError:
+            raise
+        except Exception as err:
+            if started or number == len(attempts):
+                raise DicomReadError(
+                    path,
+                    f"cannot decode the pixel data ('{layout.transfer_syntax.name}', {layout.transfer_syntax}): "
+                    f"{type(err).__name__}: {err}",
+                ) from err
+
+
+def _full_dataset(path: str, layout: _FrameLayout) -> Dataset:
+    """The whole data set of ``path`` with the inferred transfer syntax and the defaults of ``layout`` applied."""
+    try:
+        dataset = pydicom.dcmread(path, force=True)
     except Exception as err:
-        raise DicomReadError(
-            path,
-            f"cannot decode the pixel data ('{layout.transfer_syntax.name}', {layout.transfer_syntax}): "
-            f"{type(err).__name__}: {err}",
-        ) from err
+        raise DicomReadError(path, f"truncated or corrupt DICOM file ({type(err).__name__}: {err})") from err
+    dataset.file_meta.TransferSyntaxUID = layout.transfer_syntax
+    for default in layout.defaults:
+        keyword, _, value = default.partition("=")
+        setattr(dataset, keyword, int(value) if value.lstrip("-").isdigit() else value)
+    return dataset
 
 
 def _itk_stored_frames(path: str, layout: _FrameLayout) -> np.ndarray:
