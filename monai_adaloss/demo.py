@@ -61,7 +61,10 @@ __all__ = [
 
 BUNDLE_NAME = "catheter_tip_fluoro"
 DEFAULT_DATASET_DIR = "data/catheter_tip_fluoro"
-_KEY_METRIC = "val_mean_dist_px"
+_KEY_METRIC = "val_selection_score"
+_EPOCH_METRICS = ("val_selection_score", "val_outlier_rate", "val_mean_dist_px", "val_median_dist_px")
+OUTLIER_RADIUS_PX = 10.0
+"""A test frame whose tip error exceeds this (pixels of the original frame) is a gross error (an outlier)."""
 _OVERLAY_PANELS = 12
 _CSV_FIELDS = (
     "image", "frame", "x_true", "y_true", "x_pred", "y_pred", "confidence", "error_px", "error_mm",
@@ -77,7 +80,8 @@ class DemoProfile:
         n_train, n_val, n_test: frames per split.
         frame_size: the synthetic frames are ``frame_size`` x ``frame_size`` pixels.
         input_size: the network's input grid is ``input_size`` x ``input_size`` (sigma_0 = input_size / 4).
-        channels: U-Net feature channels per level (the bundle's ``network_channels``).
+        channels: U-Net feature channels per level (the bundle's ``network_channels``; five levels
+            give the bundle's ``catheter_context_unet`` a receptive field wider than the input).
         epochs: training epochs (validation after each).
         batch_size: training batch size.
     """
@@ -94,7 +98,14 @@ class DemoProfile:
 
 PROFILES: dict[str, DemoProfile] = {
     "cpu": DemoProfile(
-        n_train=400, n_val=40, n_test=60, frame_size=256, input_size=128, channels=(8, 16, 32), epochs=30, batch_size=4
+        n_train=400,
+        n_val=40,
+        n_test=60,
+        frame_size=256,
+        input_size=128,
+        channels=(8, 16, 32, 64, 128),
+        epochs=30,
+        batch_size=4,
     ),
     "tiny": DemoProfile(
         n_train=8, n_val=4, n_test=4, frame_size=64, input_size=32, channels=(4, 8, 16), epochs=2, batch_size=4
@@ -140,10 +151,20 @@ class DemoReport:
     frames: list[FrameResult]
     sigma_history: list[list[float]]
     loss_history: list[list[float]]
-    val_history: list[float]
+    val_history: list[dict[str, float]]
     model_sigma: list[float]
     timings_s: dict[str, float]
     outputs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def best_epoch(self) -> int:
+        """1-based epoch whose model is ``model.pt``: the lowest selection score (outlier rate, then median)."""
+        return int(np.argmin([row["val_selection_score"] for row in self.val_history])) + 1
+
+    def outlier_rate(self, radius: float = OUTLIER_RADIUS_PX) -> float:
+        """Share of test frames with a tip whose error exceeds ``radius`` px or that have no prediction."""
+        errors = [f.error(f.prediction) for f in self.frames if math.isfinite(f.truth[0])]
+        return float(np.mean([not (e <= radius) for e in errors])) if errors else math.nan
 
     def errors(self, which: str, mm: bool) -> np.ndarray:
         """Errors of the ``"model"`` or the ``"centre"`` guess over frames with a truth and a prediction."""
@@ -190,13 +211,18 @@ class DemoReport:
                 f"{s['mean_mm']:.2f} | {s['median_mm']:.2f} | {s['p95_mm']:.2f} |"
             )
         t = self.timings_s
+        best = self.val_history[self.best_epoch - 1]
         lines += [
             "",
             f"- test frames: {len(self.errors('centre', False))} with a tip, {self.misses} without a prediction; "
             f"errors in pixels of the original {p.frame_size}x{p.frame_size} frames",
             f"- training: {p.n_train} frames, input {p.input_size}x{p.input_size}, channels {list(p.channels)}, "
-            f"{p.epochs} epochs; best validation epoch {int(np.argmin(self.val_history)) + 1} "
-            f"({min(self.val_history):.2f} px)",
+            f"{p.epochs} epochs; best validation epoch {self.best_epoch} (outlier rate "
+            f"{100 * best['val_outlier_rate']:.1f} %, median {best['val_median_dist_px']:.2f} px, "
+            f"mean {best['val_mean_dist_px']:.2f} px)",
+            f"- gross errors: {100 * self.outlier_rate():.1f} % of the test frames more than "
+            f"{OUTLIER_RADIUS_PX:g} px off (or missed); mean / median = "
+            f"{self.statistics('model')['mean_px'] / self.statistics('model')['median_px']:.2f}",
             f"- sigma: {self.sigma_updates} updates in {p.epochs} epochs, {self.sigma_history[0][0]:.2f} -> "
             f"final {self.sigma_history[-1][0]:.2f} px of the input grid (model.pt: {self.model_sigma[0]:.2f})",
             f"- wall time: {t['total']:.0f} s (data {t['data']:.0f} s, training {t['training']:.0f} s, "
@@ -243,7 +269,7 @@ def make_synthetic_dataset(
 
 def _train(
     datalist: Path, root: Path, profile: DemoProfile, seed: int, progress: bool
-) -> tuple[ConfigWorkflow, list[float]]:
+) -> tuple[ConfigWorkflow, list[dict[str, float]]]:
     """Train the bundle with the profile's overrides; return the finished workflow and the validation history."""
     configs = bundle_path(BUNDLE_NAME) / "configs"
     workflow = ConfigWorkflow(
@@ -268,16 +294,19 @@ def _train(
         raise RuntimeError(f"The bundle misses the required properties {missing}.")
     trainer = workflow.parser.get_parsed_content("train::trainer")
     evaluator = workflow.parser.get_parsed_content("validate::evaluator")
-    val_history: list[float] = []
+    val_history: list[dict[str, float]] = []
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def report(engine: Any) -> None:
-        val_history.append(float(evaluator.state.metrics[_KEY_METRIC]))
+        row = {key: float(evaluator.state.metrics[key]) for key in _EPOCH_METRICS}
+        val_history.append(row)
+        best = min(val_history, key=lambda r: r[_KEY_METRIC])
         sigma = ", ".join(f"{v:.2f}" for k, v in engine.state.metrics.items() if k.startswith("sigma/"))
         tqdm.write(
             f"epoch {engine.state.epoch}/{engine.state.max_epochs}: loss {engine.state.output['loss'].item():.3g}, "
-            f"next sigma {sigma} px, validation mean tip error {val_history[-1]:.2f} px "
-            f"(best {min(val_history):.2f})"
+            f"next sigma {sigma} px, validation: {100 * row['val_outlier_rate']:.1f} % tips > "
+            f"{OUTLIER_RADIUS_PX:g} px off, median {row['val_median_dist_px']:.2f} px, mean "
+            f"{row['val_mean_dist_px']:.2f} px (best epoch {val_history.index(best) + 1})"
         )
 
     workflow.run()
@@ -409,7 +438,10 @@ def _summary(report: DemoReport) -> dict[str, Any]:
         "sigma_history": report.sigma_history,
         "final_sigma": report.sigma_history[-1],
         "model_sigma": report.model_sigma,
-        "val_mean_dist_px": report.val_history,
+        "outlier_rate": report.outlier_rate(),
+        "outlier_radius_px": OUTLIER_RADIUS_PX,
+        "best_epoch": report.best_epoch,
+        "validation_per_epoch": report.val_history,
         "timings_s": report.timings_s,
         "torch_threads": torch.get_num_threads(),
         "passed": report.passed,
