@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
+from ..tta import TestTimeAugmentation
 from .decode import DecodedFile, DecodeFailure, DecodeFn, DecodeSettings, decode_file
 from .errors import ExitCode, InferenceConfigError
 from .heatmap_points import HeatmapDecoder
@@ -130,6 +131,9 @@ class InferenceRunner:
         decode_timeout: seconds one file may take to decode before it fails; ``None``: no limit.
         decode_fn: the per-file decoding function run in the workers (default :func:`decode_file`).
         network_modules: modules a checkpoint's network config may name (see :mod:`.model`).
+        tta: test-time augmentation (:class:`~monai_adaloss.tta.TestTimeAugmentation`, single-instance
+            models): the network runs on every shifted / flipped copy and the points are combined;
+            ``None`` (default): one plain pass.
 
     Raises:
         InferenceConfigError: (from ``run``) the run cannot start; nothing was written then.
@@ -153,6 +157,7 @@ class InferenceRunner:
         decode_timeout: float | None = 300.0,
         decode_fn: DecodeFn = decode_file,
         network_modules: Sequence[str] = DEFAULT_NETWORK_MODULES,
+        tta: TestTimeAugmentation | None = None,
     ) -> None:
         if batch_size < 1:
             raise InferenceConfigError(f"Argument `batch_size` must be >= 1, got {batch_size}.")
@@ -176,6 +181,7 @@ class InferenceRunner:
         self.decode_timeout = decode_timeout
         self.decode_fn = decode_fn
         self.network_modules = tuple(network_modules)
+        self.tta = tta
 
     def run(self) -> InferenceSummary:
         """Infer every input file of this process's shard and write the outputs; see the module docstring."""
@@ -243,9 +249,12 @@ class InferenceRunner:
             frames = _FrameStream(pool.imap_unordered(todo), tracker)
             loader = DataLoader(frames, batch_size=self.batch_size, num_workers=0, pin_memory=device.type == "cuda")
             for images, file_ids, frame_indices in loader:
+                images = images.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                    heatmaps = self.inferer(images.to(device, non_blocking=True), network)
-                points, confidence = decoder(heatmaps.float())
+                    if self.tta is None:
+                        points, confidence = decoder(self.inferer(images, network).float())
+                    else:
+                        points, confidence, _ = self.tta(images, lambda x: self.inferer(x, network).float(), decoder)
                 tracker.add(file_ids.tolist(), frame_indices.tolist(), points.cpu(), confidence.cpu())
                 bar.update(len(images))
                 bar.set_postfix(files=f"{summary.succeeded + summary.failed}/{len(todo)}", failed=summary.failed)
@@ -318,7 +327,12 @@ class _FileTracker:
         decoded, info = pending.decoded, self.model.info
         points = network_to_original(torch.stack(pending.points), info.input_size, decoded.original_size)
         records = file_records(
-            decoded, points, torch.stack(pending.confidence), info.landmark_names, self.model.model_id
+            decoded,
+            points,
+            torch.stack(pending.confidence),
+            info.landmark_names,
+            self.model.model_id,
+            info.confidence_threshold,
         )
         try:
             if self.sr_dir is not None:
