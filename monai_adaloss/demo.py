@@ -83,7 +83,7 @@ class DemoProfile:
         frame_size: the synthetic frames are ``frame_size`` x ``frame_size`` pixels.
         input_size: the network's input grid is ``input_size`` x ``input_size`` (sigma_0 = input_size / 4).
         channels: U-Net feature channels per level (the bundle's ``network_channels``; five levels
-            give the bundle's ``catheter_context_unet`` a receptive field wider than the input).
+            give the bundle's ``catheter_context_unet`` a receptive field of 173 px, wider than the input).
         epochs: training epochs (validation after each).
         batch_size: training batch size.
         network: factory in :mod:`monai_adaloss.networks` that builds the network from

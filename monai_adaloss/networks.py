@@ -162,15 +162,16 @@ def catheter_context_unet(
     in_channels: int = 1,
     out_channels: int = 1,
     channels: Sequence[int] = (8, 16, 32, 64, 128),
-    kernel_size: int = 5,
+    kernel_size: int = 3,
     coordinates: bool = True,
 ) -> HeatmapUNet:
-    """The catheter U-Net made to see the whole frame: five levels and CoordConv channels (ours).
+    """The catheter U-Net made to see the whole frame: five levels, kernel 3 and CoordConv channels (ours).
 
-    Same blocks as :func:`catheter_unet` (kernel 5, BatchNorm + ReLU, parameter-free down- and
-    up-sampling) with two more levels: the receptive field grows from 69 to 329 input voxels, more
-    than a 256 px input, so a line end can be told from *the* tip by where the catheter comes from.
-    The two extra levels run at 1/8 and 1/16 resolution and cost little (see docs/accuracy.md).
+    Same blocks as :func:`catheter_unet` (BatchNorm + ReLU, parameter-free down- and up-sampling)
+    with two more levels and kernel 3 instead of 5: the receptive field grows from 69 to 173 input
+    voxels, more than a 128 px input, so a line end can be told from *the* tip by where the catheter
+    comes from, and a training step costs less than the paper's network (kernel 3; each level costs
+    about the same because the channels double as the resolution halves; see docs/accuracy.md).
     The input size must be divisible by ``2 ** (len(channels) - 1)`` (16 by default).
     """
     return HeatmapUNet(
