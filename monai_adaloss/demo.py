@@ -300,6 +300,22 @@ def make_synthetic_dataset(
     return result["path"]
 
 
+def _network_overrides(network: str) -> dict[str, Any]:
+    """Config overrides that swap the bundle's network for ``network`` (kept unchanged for the bundle's own)."""
+    if network == "catheter_context_unet":
+        return {}
+    return {
+        "network_def": {
+            "_target_": f"monai_adaloss.networks.{network}",
+            "in_channels": 1,
+            "out_channels": "$len(@landmark_names)",
+            "channels": "@network_channels",
+        },
+        "network_config": f"$dict(_target_='monai_adaloss.networks.{network}', in_channels=1, "
+        "out_channels=len(@landmark_names), channels=list(@network_channels))",
+    }
+
+
 def _train(
     datalist: Path, root: Path, profile: DemoProfile, seed: int, progress: bool
 ) -> tuple[ConfigWorkflow, list[dict[str, float]]]:
@@ -322,9 +338,7 @@ def _train(
         **{
             "train::handlers::3::_disabled_": True,  # StatsHandlers
             "validate::handlers::0::_disabled_": True,
-            "network_def::_target_": f"monai_adaloss.networks.{profile.network}",
-            "network_config": f"$dict(_target_='monai_adaloss.networks.{profile.network}', in_channels=1, "
-            "out_channels=len(@landmark_names), channels=list(@network_channels))",
+            **_network_overrides(profile.network),
         },
     )
     workflow.initialize()
