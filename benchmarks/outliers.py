@@ -40,6 +40,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import DataLoader, decollate_batch, list_data_collate
 from monai.engines.utils import engine_apply_transform
+from monai.transforms import Compose
 
 from monai_adaloss.adaloss import AdalossSchedule
 from monai_adaloss.bundles import bundle_path, load_datalist
@@ -211,7 +212,8 @@ def hand_predict(network, dataset, postprocessing, tta: TestTimeAugmentation | N
                 data["pred_points"] = data["pred_points"].new_tensor(tta_points[row])
                 data["pred_confidence"] = tta_conf[row]
                 data.pop("pred_points_original")
-                _, data = engine_apply_transform(sample, data, postprocessing.transforms[1:])
+                data.pop("label_points_original")
+                _, data = engine_apply_transform(sample, data, Compose(postprocessing.transforms[1:]))
             pred_png, true_png = data["pred_points_original"].as_tensor(), data["label_points_original"].as_tensor()
             errors.append(torch.linalg.vector_norm(pred_png - true_png, dim=-1)[:, 0].double().numpy())
             confidence.append(torch.as_tensor(data["pred_confidence"]).reshape(-1).double().numpy())

@@ -39,6 +39,7 @@ from landmarker.models import OriginalSpatialConfigurationNet
 from monai.bundle import ConfigParser
 from monai.data import DataLoader, decollate_batch, list_data_collate
 from monai.engines.utils import engine_apply_transform
+from monai.transforms import Compose
 
 from monai_adaloss.bundles import bundle_path
 from monai_adaloss.io.hand_xray import HAND_XRAY_LANDMARKS, hand_xray_datalist
@@ -94,7 +95,7 @@ def evaluate(model, test_ds, postprocessing) -> np.ndarray:
             "label": sample["label"],
             "label_original": sample["label_original"],
         }
-        _, out = engine_apply_transform(sample, out, postprocessing.transforms[1:])  # skip our decoder
+        _, out = engine_apply_transform(sample, out, Compose(postprocessing.transforms[1:]))  # skip our decoder
         pred, true = out["pred_points_original"].as_tensor(), out["label_points_original"].as_tensor()
         errors.append(torch.linalg.vector_norm(pred - true, dim=-1)[:, 0].double().numpy())
     return np.stack(errors)
