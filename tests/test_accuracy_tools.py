@@ -110,3 +110,26 @@ def test_records_flag_low_confidence() -> None:
     assert [r["flag"] for r in records] == [None, LOW_CONFIDENCE, None]  # a missing point is not flagged
     assert "flag" in RECORD_FIELDS
     assert [r["flag"] for r in file_records(decoded, pts, conf, ["a", "b", "c"], "sha")] == [None] * 3
+
+
+def test_infer_command_with_tta_flags_low_confidence(tmp_path) -> None:
+    """A tiny demo model (threshold chosen on its validation frames) inferred with --tta writes the flag column."""
+    import csv
+
+    import torch
+
+    from monai_adaloss.cli import main
+
+    torch.set_num_threads(1)
+    assert main(["demo", "--tiny", "-o", str(tmp_path / "demo"), "--threads", "1", "--quiet"]) in (0, 1)
+    checkpoint = tmp_path / "demo" / "bundle" / "models" / "model.pt"
+    info = torch.load(checkpoint, map_location="cpu", weights_only=True)["model_info"]
+    code = main(["infer", "--tta", "shifts-flips", "-c", str(checkpoint), "-o", str(tmp_path / "out"), "-q",
+                 str(tmp_path / "demo" / "data" / "test")])  # fmt: skip
+    assert code == 0
+    rows = list(csv.DictReader((tmp_path / "out" / "records.csv").open()))
+    assert rows and {row["flag"] for row in rows} <= {"", "low_confidence"}
+    if info["confidence_threshold"] is not None:
+        for row in rows:
+            low = row["x"] != "" and float(row["confidence"]) < info["confidence_threshold"]
+            assert (row["flag"] == "low_confidence") == low

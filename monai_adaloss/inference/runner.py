@@ -191,6 +191,11 @@ class InferenceRunner:
             model.info, keep_header=self.write_sr, keep_display=self.write_overlays
         )
         decoder = HeatmapDecoder(model.info)
+        if self.tta is not None and int(model.info.max_instances) != 1:
+            raise InferenceConfigError(
+                f"Test-time augmentation combines single-instance predictions; `{self.checkpoint}` has "
+                f"max_instances={model.info.max_instances}."
+            )
         files = self.inputs.with_exclude(self.output_dir).files()
         if not files:
             raise InferenceConfigError(f"No input files found in {[str(p) for p in self.inputs.paths]}.")
