@@ -42,10 +42,12 @@ from monai.bundle import ConfigWorkflow
 from tqdm import tqdm
 
 from .bundles import bundle_path, load_datalist
+from .confidence import choose_confidence_threshold, outlier_auroc
 from .inference import InferenceRunner
 from .io import LoadDicomFrame
 from .plotting import plot_prediction_overlays, plot_sigma_history
 from .synthetic import FluoroscopyConfig, make_dataset
+from .tta import TestTimeAugmentation
 
 __all__ = [
     "BUNDLE_NAME",
@@ -61,10 +63,13 @@ __all__ = [
 
 BUNDLE_NAME = "catheter_tip_fluoro"
 DEFAULT_DATASET_DIR = "data/catheter_tip_fluoro"
-_KEY_METRIC = "val_mean_dist_px"
+_KEY_METRIC = "val_selection_score"
+_EPOCH_METRICS = ("val_selection_score", "val_outlier_rate", "val_mean_dist_px", "val_median_dist_px")
+OUTLIER_RADIUS_PX = 10.0
+"""A test frame whose tip error exceeds this (pixels of the original frame) is a gross error (an outlier)."""
 _OVERLAY_PANELS = 12
 _CSV_FIELDS = (
-    "image", "frame", "x_true", "y_true", "x_pred", "y_pred", "confidence", "error_px", "error_mm",
+    "image", "frame", "x_true", "y_true", "x_pred", "y_pred", "confidence", "flag", "error_px", "error_mm",
     "centre_error_px", "centre_error_mm", "spacing_x_mm", "spacing_y_mm", "spacing_source",
 )  # fmt: skip
 
@@ -77,9 +82,13 @@ class DemoProfile:
         n_train, n_val, n_test: frames per split.
         frame_size: the synthetic frames are ``frame_size`` x ``frame_size`` pixels.
         input_size: the network's input grid is ``input_size`` x ``input_size`` (sigma_0 = input_size / 4).
-        channels: U-Net feature channels per level (the bundle's ``network_channels``).
+        channels: U-Net feature channels per level (the bundle's ``network_channels``; five levels
+            give ``catheter_context_unet`` a receptive field of 173 px, wider than the input).
         epochs: training epochs (validation after each).
         batch_size: training batch size.
+        network: factory in :mod:`monai_adaloss.networks` that builds the network from
+            ``in_channels``, ``out_channels`` and ``channels`` (the bundle's default, the paper's
+            ``catheter_unet``, or ``catheter_context_unet``).
     """
 
     n_train: int
@@ -90,17 +99,31 @@ class DemoProfile:
     channels: tuple[int, ...]
     epochs: int
     batch_size: int = 8
+    network: str = "catheter_unet"
 
 
 PROFILES: dict[str, DemoProfile] = {
     "cpu": DemoProfile(
         n_train=400, n_val=40, n_test=60, frame_size=256, input_size=128, channels=(8, 16, 32), epochs=30, batch_size=4
     ),
+    "context": DemoProfile(
+        n_train=400,
+        n_val=40,
+        n_test=60,
+        frame_size=256,
+        input_size=128,
+        channels=(8, 16, 32, 64, 128),
+        epochs=30,
+        batch_size=4,
+        network="catheter_context_unet",
+    ),
     "tiny": DemoProfile(
         n_train=8, n_val=4, n_test=4, frame_size=64, input_size=32, channels=(4, 8, 16), epochs=2, batch_size=4
     ),
 }
-"""``cpu``: the measured ten-minute profile (docs/catheter_bundle.md); ``tiny``: a smoke test of every step."""
+"""``cpu``: the measured ten-minute profile (the paper's three-level U-Net; docs/accuracy.md);
+``context``: the same with the five-level ``catheter_context_unet`` (receptive field 173 px; measured
+worse, docs/accuracy.md); ``tiny``: a smoke test of every step."""
 
 
 @dataclass
@@ -115,6 +138,7 @@ class FrameResult:
     spacing: tuple[float, float]
     spacing_source: str
     centre: tuple[float, float]
+    flag: str | None = None
 
     def error(self, point: tuple[float, float], mm: bool = False) -> float:
         """Distance from ``point`` to the truth in pixels (or mm with the frame's spacing); NaN if either is missing."""
@@ -126,7 +150,8 @@ class FrameResult:
         return {
             "image": self.image, "frame": self.frame, "x_true": self.truth[0], "y_true": self.truth[1],
             "x_pred": self.prediction[0], "y_pred": self.prediction[1], "confidence": self.confidence,
-            "error_px": self.error(self.prediction), "error_mm": self.error(self.prediction, mm=True),
+            "flag": self.flag or "", "error_px": self.error(self.prediction),
+            "error_mm": self.error(self.prediction, mm=True),
             "centre_error_px": self.error(self.centre), "centre_error_mm": self.error(self.centre, mm=True),
             "spacing_x_mm": self.spacing[0], "spacing_y_mm": self.spacing[1], "spacing_source": self.spacing_source,
         }  # fmt: skip
@@ -140,10 +165,27 @@ class DemoReport:
     frames: list[FrameResult]
     sigma_history: list[list[float]]
     loss_history: list[list[float]]
-    val_history: list[float]
+    val_history: list[dict[str, float]]
     model_sigma: list[float]
     timings_s: dict[str, float]
     outputs: dict[str, str] = field(default_factory=dict)
+    confidence_threshold: float | None = None
+    tta: bool = False
+
+    @property
+    def best_epoch(self) -> int:
+        """1-based epoch whose model is ``model.pt``: the lowest selection score (outlier rate, then median)."""
+        return int(np.argmin([row["val_selection_score"] for row in self.val_history])) + 1
+
+    def outlier_rate(self, radius: float = OUTLIER_RADIUS_PX) -> float:
+        """Share of test frames with a tip whose error exceeds ``radius`` px or that have no prediction."""
+        errors = [f.error(f.prediction) for f in self.frames if math.isfinite(f.truth[0])]
+        return float(np.mean([not (e <= radius) for e in errors])) if errors else math.nan
+
+    def confidence_auroc(self, radius: float = OUTLIER_RADIUS_PX) -> float:
+        """AUROC of low confidence for a test frame more than ``radius`` px off (NaN without both kinds)."""
+        frames = [f for f in self.frames if math.isfinite(f.truth[0])]
+        return outlier_auroc([f.confidence for f in frames], [f.error(f.prediction) for f in frames], radius)
 
     def errors(self, which: str, mm: bool) -> np.ndarray:
         """Errors of the ``"model"`` or the ``"centre"`` guess over frames with a truth and a prediction."""
@@ -190,13 +232,24 @@ class DemoReport:
                 f"{s['mean_mm']:.2f} | {s['median_mm']:.2f} | {s['p95_mm']:.2f} |"
             )
         t = self.timings_s
+        best = self.val_history[self.best_epoch - 1]
         lines += [
             "",
             f"- test frames: {len(self.errors('centre', False))} with a tip, {self.misses} without a prediction; "
             f"errors in pixels of the original {p.frame_size}x{p.frame_size} frames",
-            f"- training: {p.n_train} frames, input {p.input_size}x{p.input_size}, channels {list(p.channels)}, "
-            f"{p.epochs} epochs; best validation epoch {int(np.argmin(self.val_history)) + 1} "
-            f"({min(self.val_history):.2f} px)",
+            f"- training: {p.n_train} frames, input {p.input_size}x{p.input_size}, {p.network} {list(p.channels)}, "
+            f"{p.epochs} epochs; best validation epoch {self.best_epoch} (outlier rate "
+            f"{100 * best['val_outlier_rate']:.1f} %, median {best['val_median_dist_px']:.2f} px, "
+            f"mean {best['val_mean_dist_px']:.2f} px)",
+            f"- gross errors: {100 * self.outlier_rate():.1f} % of the test frames more than "
+            f"{OUTLIER_RADIUS_PX:g} px off (or missed); mean / median = "
+            f"{self.statistics('model')['mean_px'] / self.statistics('model')['median_px']:.2f}"
+            f"{'; test-time augmentation on' if self.tta else ''}",
+            f"- confidence: AUROC {self.confidence_auroc():.3f} for a frame > {OUTLIER_RADIUS_PX:g} px off "
+            f"(NaN: the test set has no such frame, or only such frames); low_confidence threshold "
+            f"{self.confidence_threshold if self.confidence_threshold is None else round(self.confidence_threshold, 4)}"
+            f" (chosen on the validation frames) flags {sum(f.flag == 'low_confidence' for f in self.frames)} "
+            f"test frame(s)",
             f"- sigma: {self.sigma_updates} updates in {p.epochs} epochs, {self.sigma_history[0][0]:.2f} -> "
             f"final {self.sigma_history[-1][0]:.2f} px of the input grid (model.pt: {self.model_sigma[0]:.2f})",
             f"- wall time: {t['total']:.0f} s (data {t['data']:.0f} s, training {t['training']:.0f} s, "
@@ -241,9 +294,25 @@ def make_synthetic_dataset(
     return result["path"]
 
 
+def _network_overrides(network: str) -> dict[str, Any]:
+    """Config overrides that swap the bundle's network for ``network`` (kept unchanged for the bundle's own)."""
+    if network == "catheter_unet":
+        return {}
+    return {
+        "network_def": {
+            "_target_": f"monai_adaloss.networks.{network}",
+            "in_channels": 1,
+            "out_channels": "$len(@landmark_names)",
+            "channels": "@network_channels",
+        },
+        "network_config": f"$dict(_target_='monai_adaloss.networks.{network}', in_channels=1, "
+        "out_channels=len(@landmark_names), channels=list(@network_channels))",
+    }
+
+
 def _train(
     datalist: Path, root: Path, profile: DemoProfile, seed: int, progress: bool
-) -> tuple[ConfigWorkflow, list[float]]:
+) -> tuple[ConfigWorkflow, list[dict[str, float]]]:
     """Train the bundle with the profile's overrides; return the finished workflow and the validation history."""
     configs = bundle_path(BUNDLE_NAME) / "configs"
     workflow = ConfigWorkflow(
@@ -260,7 +329,11 @@ def _train(
         num_workers=0,
         seed=seed,
         progress_bar=progress,
-        **{"train::handlers::3::_disabled_": True, "validate::handlers::0::_disabled_": True},  # StatsHandlers
+        **{
+            "train::handlers::3::_disabled_": True,  # StatsHandlers
+            "validate::handlers::0::_disabled_": True,
+            **_network_overrides(profile.network),
+        },
     )
     workflow.initialize()
     missing = workflow.check_properties()
@@ -268,16 +341,19 @@ def _train(
         raise RuntimeError(f"The bundle misses the required properties {missing}.")
     trainer = workflow.parser.get_parsed_content("train::trainer")
     evaluator = workflow.parser.get_parsed_content("validate::evaluator")
-    val_history: list[float] = []
+    val_history: list[dict[str, float]] = []
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def report(engine: Any) -> None:
-        val_history.append(float(evaluator.state.metrics[_KEY_METRIC]))
+        row = {key: float(evaluator.state.metrics[key]) for key in _EPOCH_METRICS}
+        val_history.append(row)
+        best = min(val_history, key=lambda r: r[_KEY_METRIC])
         sigma = ", ".join(f"{v:.2f}" for k, v in engine.state.metrics.items() if k.startswith("sigma/"))
         tqdm.write(
             f"epoch {engine.state.epoch}/{engine.state.max_epochs}: loss {engine.state.output['loss'].item():.3g}, "
-            f"next sigma {sigma} px, validation mean tip error {val_history[-1]:.2f} px "
-            f"(best {min(val_history):.2f})"
+            f"next sigma {sigma} px, validation: {100 * row['val_outlier_rate']:.1f} % tips > "
+            f"{OUTLIER_RADIUS_PX:g} px off, median {row['val_median_dist_px']:.2f} px, mean "
+            f"{row['val_mean_dist_px']:.2f} px (best epoch {val_history.index(best) + 1})"
         )
 
     workflow.run()
@@ -286,23 +362,32 @@ def _train(
 
 
 def _predict(
-    model_path: Path, entries: list[dict], output_dir: Path, loader: LoadDicomFrame, progress: bool
+    model_path: Path,
+    entries: list[dict],
+    output_dir: Path,
+    loader: LoadDicomFrame,
+    progress: bool,
+    tta: TestTimeAugmentation | None = None,
 ) -> list[FrameResult]:
     """Run :class:`InferenceRunner` on the entries' files and pair each frame's tip with its ground truth."""
     images = sorted({entry["image"] for entry in entries})
-    InferenceRunner(checkpoint=model_path, inputs=images, output_dir=output_dir, num_workers=0, progress=progress).run()
+    InferenceRunner(
+        checkpoint=model_path, inputs=images, output_dir=output_dir, num_workers=0, progress=progress, tta=tta
+    ).run()
     found = {}
     with (output_dir / "records.jsonl").open(encoding="utf-8") as stream:
         for line in stream:
             record = json.loads(line)
             if record["landmark"] == "tip" and record["instance"] == 0:
                 point = (math.nan, math.nan) if record["x"] is None else (record["x"], record["y"])
-                found[(str(Path(record["path"]).resolve()), record["frame"])] = (point, record["confidence"])
+                key = (str(Path(record["path"]).resolve()), record["frame"])
+                found[key] = (point, record["confidence"], record.get("flag"))
     results = []
     for entry in tqdm(entries, desc="score", unit="frame", disable=not progress, dynamic_ncols=True):
         image = loader(entry["image"], entry["frame"])
         tips = entry["label"]["tip"]
-        point, confidence = found.get((str(Path(entry["image"]).resolve()), entry["frame"]), ((math.nan,) * 2, 0.0))
+        key = (str(Path(entry["image"]).resolve()), entry["frame"])
+        point, confidence, flag = found.get(key, ((math.nan,) * 2, 0.0, None))
         results.append(
             FrameResult(
                 image=str(entry["image"]),
@@ -313,9 +398,29 @@ def _predict(
                 spacing=tuple(float(s) for s in image.meta["spacing"]),
                 spacing_source=str(image.meta["spacing_source"]),
                 centre=tuple((s - 1) / 2.0 for s in image.shape),
+                flag=flag,
             )
         )
     return results
+
+
+def _calibrate_confidence(model_path: Path, frames: list[FrameResult]) -> float | None:
+    """Choose the ``low_confidence`` threshold on validation frames and store it in ``model.pt``'s model info.
+
+    Returns the threshold, or ``None`` (nothing stored) when no validation frame was right.
+    """
+    frames = [f for f in frames if math.isfinite(f.truth[0])]
+    try:
+        threshold = choose_confidence_threshold(
+            [f.confidence for f in frames], [f.error(f.prediction) for f in frames], OUTLIER_RADIUS_PX
+        )
+    except ValueError as err:
+        logging.getLogger(__name__).warning("No low_confidence threshold: %s", err)
+        return None
+    state = torch.load(model_path, map_location="cpu", weights_only=True)
+    state["model_info"]["confidence_threshold"] = threshold
+    torch.save(state, model_path)
+    return threshold
 
 
 def _overlays(frames: list[FrameResult], out_png: Path, loader: LoadDicomFrame) -> Path:
@@ -330,8 +435,15 @@ def _overlays(frames: list[FrameResult], out_png: Path, loader: LoadDicomFrame) 
     )
 
 
-def run_demo(output_dir: str | os.PathLike, profile: DemoProfile, seed: int = 0, progress: bool = True) -> DemoReport:
+def run_demo(
+    output_dir: str | os.PathLike, profile: DemoProfile, seed: int = 0, progress: bool = True, tta: bool = False
+) -> DemoReport:
     """Synthetic data -> bundle training -> inference on the test DICOMs -> errors, table and figures.
+
+    After training, inference on the validation frames chooses the ``low_confidence`` threshold
+    (:func:`~monai_adaloss.confidence.choose_confidence_threshold`), stored in ``model.pt``; the test
+    records carry the flag. ``tta``: infer with :class:`~monai_adaloss.tta.TestTimeAugmentation`
+    (shifts and both flips, which the bundle's training augmentation includes).
 
     Writes into ``output_dir``: ``data/`` (DICOMs, ``datalist.json``), ``bundle/models/`` (``model.pt``
     and the last training checkpoint), ``bundle/eval/`` (TensorBoard), ``inference/`` (the runner's
@@ -353,7 +465,15 @@ def run_demo(output_dir: str | os.PathLike, profile: DemoProfile, seed: int = 0,
     train_done = time.perf_counter()
     model_path = output_dir / "bundle" / "models" / "model.pt"
     loader = LoadDicomFrame()
-    frames = _predict(model_path, load_datalist(datalist, "test"), output_dir / "inference", loader, progress)
+    augmentation = TestTimeAugmentation(flip_axes=(0, 1)) if tta else None
+    validation = _predict(
+        model_path, load_datalist(datalist, "validation"), output_dir / "inference_validation", loader, progress,
+        augmentation,
+    )  # fmt: skip
+    threshold = _calibrate_confidence(model_path, validation)
+    frames = _predict(
+        model_path, load_datalist(datalist, "test"), output_dir / "inference", loader, progress, augmentation
+    )
     infer_done = time.perf_counter()
 
     schedule = workflow.parser.get_parsed_content("adaloss_schedule")
@@ -371,6 +491,8 @@ def run_demo(output_dir: str | os.PathLike, profile: DemoProfile, seed: int = 0,
             "training": train_done - data_done,
             "inference": infer_done - train_done,
         },
+        confidence_threshold=threshold,
+        tta=tta,
     )
     report.outputs = {
         "predictions": str(_write_predictions(frames, output_dir / "predictions.csv")),
@@ -415,7 +537,14 @@ def _summary(report: DemoReport) -> dict[str, Any]:
         "sigma_history": report.sigma_history,
         "final_sigma": report.sigma_history[-1],
         "model_sigma": report.model_sigma,
-        "val_mean_dist_px": report.val_history,
+        "outlier_rate": report.outlier_rate(),
+        "confidence_auroc": report.confidence_auroc(),
+        "confidence_threshold": report.confidence_threshold,
+        "low_confidence_test_frames": sum(f.flag == "low_confidence" for f in report.frames),
+        "tta": report.tta,
+        "outlier_radius_px": OUTLIER_RADIUS_PX,
+        "best_epoch": report.best_epoch,
+        "validation_per_epoch": report.val_history,
         "timings_s": report.timings_s,
         "torch_threads": torch.get_num_threads(),
         "passed": report.passed,
@@ -476,6 +605,9 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--batch-size", type=int, help="override the profile's training batch size")
     parser.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: at most 2)")
+    parser.add_argument(
+        "--tta", action="store_true", help="test-time augmentation at inference (4-px shifts and flips, combined)"
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     parser.set_defaults(func=_run_demo_command)
     return parser
@@ -492,7 +624,7 @@ def _run_demo_command(args: argparse.Namespace) -> int:
     }
     profile = replace(PROFILES[args.profile], **{k: v for k, v in overrides.items() if v is not None})
     try:
-        report = run_demo(args.output_dir, profile, seed=args.seed, progress=not args.quiet)
+        report = run_demo(args.output_dir, profile, seed=args.seed, progress=not args.quiet, tta=args.tta)
     except FileExistsError as err:
         print(f"monai-adaloss demo: {err}")
         return 2

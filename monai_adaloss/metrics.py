@@ -73,6 +73,7 @@ __all__ = [
     "InstanceDetectionMetric",
     "InstanceMatches",
     "LandmarkDistanceMetric",
+    "LandmarkOutlierMetric",
     "NormalizedMeanErrorMetric",
     "SuccessDetectionRateMetric",
     "detection_scores",
@@ -579,6 +580,66 @@ class LandmarkDistanceMetric(_LandmarkMetric):
         voxel, _, present = self._buffered()
         misses = (present.bool() & torch.isnan(voxel)).transpose(0, 1).flatten(1).sum(dim=1)
         return misses if per_landmark else misses.sum()
+
+
+OutlierReduction = Literal["rate", "rate_then_median"]
+_OUTLIER_REDUCTIONS = ("rate", "rate_then_median")
+
+
+class LandmarkOutlierMetric(LandmarkDistanceMetric):
+    """Gross errors of single-instance landmarks: the share of points more than ``radius`` off.
+
+    A present ground-truth landmark counts as an outlier when its prediction is more than
+    ``radius`` away (in ``unit``) or missing. Two reductions:
+
+    - ``"rate"``: outliers / present points, in [0, 1];
+    - ``"rate_then_median"`` (model selection, lower is better): the rate plus a tie-breaker
+      ``0.5 / n * median / (median + radius)`` (``n`` present points, ``median`` of the found
+      points' errors; ``0.5 / n`` when nothing was found). The tie-breaker is below half of one
+      outlier's share (``1 / n``) and grows with the median, so a model with fewer outliers always
+      ranks first and the median decides only between equal rates.
+
+    Args:
+        radius: outlier radius in ``unit`` (e.g. 10 px of the original frame for catheter tips).
+        unit: ``"voxel"`` or ``"mm"``.
+        reduction: ``"rate"`` or ``"rate_then_median"``.
+        spacing, spacing_key: as :class:`LandmarkDistanceMetric`.
+    """
+
+    higher_is_better = False
+
+    def __init__(
+        self,
+        radius: float,
+        unit: Unit = "voxel",
+        reduction: OutlierReduction = "rate",
+        spacing: Sequence[float] | torch.Tensor | None = None,
+        spacing_key: str = "spacing",
+    ) -> None:
+        super().__init__(unit=unit, spacing=spacing, spacing_key=spacing_key)
+        _check_choice(reduction, _OUTLIER_REDUCTIONS, "reduction")
+        self.radius = _check_radius(radius)
+        self.outlier_reduction = reduction
+
+    def aggregate(self, reduction: OutlierReduction | None = None) -> torch.Tensor:  # type: ignore[override]
+        """The outlier rate, or the selection score; NaN when no ground-truth point is present."""
+        reduction = reduction or self.outlier_reduction
+        _check_choice(reduction, _OUTLIER_REDUCTIONS, "reduction")
+        distances = self._distances(self.unit).flatten()
+        present = self._buffered()[2].bool().flatten()
+        count = int(present.sum())
+        if count == 0:
+            return torch.tensor(float("nan"), dtype=torch.float64)
+        found = distances[present]
+        outliers = (torch.isnan(found) | (found > self.radius)).sum()
+        rate = outliers.to(torch.float64) / count
+        if reduction == "rate":
+            return rate
+        finite = found[~torch.isnan(found)].to(torch.float64)
+        if finite.numel() == 0:
+            return rate + 0.5 / count  # no prediction at all: worse than any found median
+        median = finite.median()
+        return rate + 0.5 / count * median / (median + self.radius)
 
 
 class SuccessDetectionRateMetric(_LandmarkMetric):

@@ -41,6 +41,8 @@ class LandmarkModelInfo:
         sigma: final sigma per landmark in voxels of the input grid; read from ``schedule`` when one is
             attached.
         schedule: the live schedule during training (not saved itself).
+        confidence_threshold: records whose confidence is below it get ``flag: low_confidence`` at
+            inference (chosen on validation data, e.g. by ``monai-adaloss demo``); ``None``: no flag.
     """
 
     landmark_names: Sequence[str]
@@ -52,6 +54,7 @@ class LandmarkModelInfo:
     decoding: Mapping[str, Any] = field(default_factory=dict)
     sigma: Sequence[float] | None = None
     schedule: AdalossSchedule | None = None
+    confidence_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if len(self.landmark_names) < 1:
@@ -84,6 +87,7 @@ class LandmarkModelInfo:
             "decoding": copy.deepcopy(dict(self.decoding)),
             "sigma": self.current_sigma(),
             "sigma_unit": "voxel",
+            "confidence_threshold": None if self.confidence_threshold is None else float(self.confidence_threshold),
             "monai_adaloss_version": __version__,
         }
 
@@ -91,7 +95,7 @@ class LandmarkModelInfo:
         """Overwrite every field from a saved state (the schedule, if any, is left alone)."""
         restored = self.from_state_dict(state)
         for name in ("landmark_names", "input_size", "network", "preprocessing", "normalize", "max_instances",
-                     "decoding", "sigma"):  # fmt: skip
+                     "decoding", "sigma", "confidence_threshold"):  # fmt: skip
             setattr(self, name, getattr(restored, name))
 
     @classmethod
@@ -113,6 +117,7 @@ class LandmarkModelInfo:
             max_instances=int(state.get("max_instances", 1)),
             decoding=dict(state.get("decoding") or {}),
             sigma=state.get("sigma"),
+            confidence_threshold=state.get("confidence_threshold"),
         )
 
 

@@ -22,7 +22,39 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Pool
 from torch import nn
 
-__all__ = ["DenseHeatmapUNet", "HeatmapUNet", "catheter_unet", "endoscopy_unet", "face_dense_unet"]
+__all__ = [
+    "AddCoordinates",
+    "DenseHeatmapUNet",
+    "HeatmapUNet",
+    "SpatialConfigurationNet",
+    "catheter_context_unet",
+    "catheter_unet",
+    "endoscopy_unet",
+    "face_dense_unet",
+    "hand_scn",
+]
+
+
+class AddCoordinates(nn.Module):
+    """CoordConv input channels: append one channel per spatial axis holding that axis' position.
+
+    The position runs linearly from -1 (first voxel) to +1 (last voxel), so a network can tell the
+    centre of the field from its border whatever the input size.
+
+    Shapes: ``(B, C, *spatial) -> (B, C + D, *spatial)`` with ``D = len(spatial)``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spatial: list[int] = list(x.shape[2:])
+        channels = [x]
+        for axis in range(len(spatial)):
+            size = spatial[axis]
+            position = torch.arange(size, dtype=x.dtype, device=x.device) * (2.0 / max(size - 1, 1)) - 1.0
+            shape = [1, 1] + [1 for _ in spatial]
+            shape[2 + axis] = size
+            expanded = [x.shape[0], 1] + spatial  # noqa: RUF005 (TorchScript has no list unpacking)
+            channels.append(position.reshape(shape).expand(expanded))
+        return torch.cat(channels, dim=1)
 
 
 class _SkipConnectionUNet(nn.Module):
@@ -32,29 +64,25 @@ class _SkipConnectionUNet(nn.Module):
     and ``_interp_mode``; each decoder takes the up-sampled features concatenated with its skip.
     """
 
-    stem: nn.Module
-    encoders: nn.ModuleList
-    pool: nn.Module
-    bottleneck: nn.Module
-    decoders: nn.ModuleList
-    head: nn.Module
-    levels: int
-    _interp_mode: str
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # written for TorchScript: no generators, no zip(strict=...), no reversed() over a list of tensors
         divisor = 2 ** (self.levels - 1)
-        if any(s % divisor for s in x.shape[2:]):
-            raise ValueError(
-                f"Input spatial shape {tuple(x.shape[2:])} must be divisible by {divisor} for {self.levels} levels."
-            )
+        for size in x.shape[2:]:
+            if size % divisor != 0:
+                raise ValueError(
+                    f"Input spatial shape {x.shape[2:]} must be divisible by {divisor} for {self.levels} levels."
+                )
         x = self.stem(x)
-        skips = []
+        skips: list[torch.Tensor] = []
         for encoder in self.encoders:
             x = encoder(x)
             skips.append(x)
             x = self.pool(x)
         x = self.bottleneck(x)
-        for decoder, skip in zip(self.decoders, reversed(skips), strict=True):
+        level = len(skips)
+        for decoder in self.decoders:
+            level -= 1
+            skip = skips[level]
             x = nn.functional.interpolate(x, size=skip.shape[2:], mode=self._interp_mode, align_corners=False)
             x = decoder(torch.cat([x, skip], dim=1))
         return self.head(x)
@@ -72,9 +100,16 @@ class HeatmapUNet(_SkipConnectionUNet):
         kernel_size: odd convolution kernel size (the paper: 5 for the catheter U-Net).
         act: MONAI activation name or (name, args), e.g. ``"relu"`` or ``("leakyrelu", {"negative_slope": 0.1})``.
         norm: MONAI normalisation name, e.g. ``"batch"`` or ``"instance"``.
+        coordinates: append CoordConv position channels (:class:`AddCoordinates`) to the input, so
+            that the first convolution sees ``in_channels + spatial_dims`` channels (off by default:
+            the paper's networks have none).
 
     Shapes: ``(B, in_channels, *spatial) -> (B, out_channels, *spatial)``; the output is linear
     (no final activation), to be compared with Gaussian targets.
+
+    Receptive field (measured from the input gradient of one output voxel, 1D): 69 voxels for the
+    paper's three levels with kernel 5, 173 for five levels with kernel 3 and 329 for five levels
+    with kernel 5; the paper's network sees about half of a 128 px input, five levels all of it.
     """
 
     def __init__(
@@ -86,6 +121,7 @@ class HeatmapUNet(_SkipConnectionUNet):
         kernel_size: int = 5,
         act: str | tuple = "relu",
         norm: str | tuple = "batch",
+        coordinates: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims not in (1, 2, 3):
@@ -96,13 +132,13 @@ class HeatmapUNet(_SkipConnectionUNet):
             raise ValueError(f"Argument `kernel_size` must be an odd positive integer, got {kernel_size}.")
         self.spatial_dims = spatial_dims
         self.levels = len(channels)
-        self.stem = nn.Identity()
+        self.stem = AddCoordinates() if coordinates else nn.Identity()
 
         def conv(cin: int, cout: int) -> Convolution:
             return Convolution(spatial_dims, cin, cout, kernel_size=kernel_size, act=act, norm=norm)
 
         self.encoders = nn.ModuleList()
-        previous = in_channels
+        previous = in_channels + (spatial_dims if coordinates else 0)
         for width in channels[:-1]:
             self.encoders.append(nn.Sequential(conv(previous, width), conv(width, width)))
             previous = width
@@ -120,6 +156,34 @@ class HeatmapUNet(_SkipConnectionUNet):
 def catheter_unet(in_channels: int = 1, out_channels: int = 1, channels: Sequence[int] = (16, 32, 64)) -> HeatmapUNet:
     """The paper's catheter-tip U-Net: 9 conv layers, kernel 5, BatchNorm + ReLU (2D)."""
     return HeatmapUNet(2, in_channels, out_channels, channels=channels, kernel_size=5, act="relu", norm="batch")
+
+
+def catheter_context_unet(
+    in_channels: int = 1,
+    out_channels: int = 1,
+    channels: Sequence[int] = (8, 16, 32, 64, 128),
+    kernel_size: int = 3,
+    coordinates: bool = True,
+) -> HeatmapUNet:
+    """The catheter U-Net made to see the whole frame: five levels, kernel 3 and CoordConv channels (ours).
+
+    Same blocks as :func:`catheter_unet` (BatchNorm + ReLU, parameter-free down- and up-sampling)
+    with two more levels and kernel 3 instead of 5: the receptive field grows from 69 to 173 input
+    voxels, more than a 128 px input, so a line end can be told from *the* tip by where the catheter
+    comes from, and a training step costs less than the paper's network (kernel 3; each level costs
+    about the same because the channels double as the resolution halves; see docs/accuracy.md).
+    The input size must be divisible by ``2 ** (len(channels) - 1)`` (16 by default).
+    """
+    return HeatmapUNet(
+        2,
+        in_channels,
+        out_channels,
+        channels=channels,
+        kernel_size=kernel_size,
+        act="relu",
+        norm="batch",
+        coordinates=coordinates,
+    )
 
 
 def endoscopy_unet(in_channels: int = 3, out_channels: int = 2, channels: Sequence[int] = (16, 32, 64)) -> HeatmapUNet:
@@ -280,3 +344,104 @@ def face_dense_unet(
         act="relu",
         norm="batch",
     )
+
+
+class SpatialConfigurationNet(nn.Module):
+    """Local appearance x spatial configuration heatmaps, in the spirit of Payer et al. (MedIA 2019).
+
+    Two branches whose outputs are multiplied voxel by voxel:
+
+    - **local appearance** ``H_LA``: a :class:`HeatmapUNet` from the image, one linear heatmap per
+      landmark; precise, but it may answer on any structure that looks like the landmark;
+    - **spatial configuration** ``H_SC``: ``H_LA`` average-pooled by ``sc_downsample`` (optionally
+      with CoordConv channels), ``sc_layers`` convolutions with a large kernel and LeakyReLU at that
+      low resolution, a linear convolution back to one channel per landmark, ``tanh`` (bounded to
+      ``(-1, 1)``), and linear up-sampling to the input size. Each landmark's ``H_SC`` channel is
+      computed from *all* landmarks' ``H_LA``, so a response that does not fit where the other
+      landmarks are is suppressed.
+
+    The output is ``H_LA * H_SC`` (linear, compared with Gaussian targets like any heatmap network).
+    The last ``H_SC`` convolution starts with small weights and a bias of ``sc_initial_bias`` (ours,
+    0.5: ``tanh`` = 0.46, so both branches receive gradients from the first step; Payer et al.
+    start it at 0).
+
+    Args:
+        spatial_dims: 1, 2 or 3.
+        in_channels: image channels.
+        out_channels: landmarks L.
+        channels: feature channels per level of the local-appearance U-Net.
+        kernel_size: convolution kernel of the local-appearance U-Net.
+        sc_channels: feature channels of the spatial-configuration convolutions.
+        sc_kernel_size: their (odd) kernel size.
+        sc_layers: their number, >= 1 (plus the linear read-out).
+        sc_downsample: pooling factor of the spatial-configuration branch; the input size must be
+            divisible by it (and by ``2 ** (len(channels) - 1)``).
+        coordinates: CoordConv channels at the input of both branches.
+        norm: normalisation of the local-appearance U-Net.
+        sc_initial_bias: initial bias of the last spatial-configuration convolution.
+
+    Shapes: ``(B, in_channels, *spatial) -> (B, out_channels, *spatial)``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        channels: Sequence[int] = (16, 32, 64, 128),
+        kernel_size: int = 3,
+        sc_channels: int = 64,
+        sc_kernel_size: int = 7,
+        sc_layers: int = 3,
+        sc_downsample: int = 4,
+        coordinates: bool = True,
+        norm: str | tuple = "batch",
+        sc_initial_bias: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if sc_layers < 1:
+            raise ValueError(f"Argument `sc_layers` must be >= 1, got {sc_layers}.")
+        if sc_downsample < 1:
+            raise ValueError(f"Argument `sc_downsample` must be >= 1, got {sc_downsample}.")
+        if sc_kernel_size < 1 or sc_kernel_size % 2 == 0:
+            raise ValueError(f"Argument `sc_kernel_size` must be an odd positive integer, got {sc_kernel_size}.")
+        self.local_appearance = HeatmapUNet(
+            spatial_dims, in_channels, out_channels, channels, kernel_size, "relu", norm, coordinates
+        )
+        self.sc_pool = Pool[Pool.AVG, spatial_dims](kernel_size=sc_downsample)
+        self.sc_coordinates = AddCoordinates() if coordinates else nn.Identity()
+        layers: list[nn.Module] = []
+        previous = out_channels + (spatial_dims if coordinates else 0)
+        act = ("leakyrelu", {"negative_slope": 0.1})
+        for _ in range(sc_layers):
+            layers.append(
+                Convolution(spatial_dims, previous, sc_channels, kernel_size=sc_kernel_size, act=act, norm=None)
+            )
+            previous = sc_channels
+        readout = Convolution(spatial_dims, previous, out_channels, kernel_size=sc_kernel_size, conv_only=True)
+        layers.append(readout)
+        self.spatial_configuration = nn.Sequential(*layers)
+        conv = readout.conv
+        nn.init.normal_(conv.weight, std=1e-4)
+        nn.init.constant_(conv.bias, sc_initial_bias)
+        self.sc_downsample = sc_downsample
+        self._interp_mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[spatial_dims]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for size in x.shape[2:]:
+            if size % self.sc_downsample != 0:
+                raise ValueError(
+                    f"Input spatial shape {x.shape[2:]} must be divisible by sc_downsample={self.sc_downsample}."
+                )
+        local = self.local_appearance(x)
+        config = self.spatial_configuration(self.sc_coordinates(self.sc_pool(local)))
+        config = nn.functional.interpolate(config, size=local.shape[2:], mode=self._interp_mode, align_corners=False)
+        return local * torch.tanh(config)
+
+
+def hand_scn(
+    in_channels: int = 1, out_channels: int = 37, channels: Sequence[int] = (16, 32, 64, 128)
+) -> SpatialConfigurationNet:
+    """The hand X-ray spatial-configuration network (ours): four-level local U-Net, kernel 3, CoordConv,
+    three 7x7 spatial-configuration convolutions at a quarter of the input resolution."""
+    return SpatialConfigurationNet(2, in_channels, out_channels, channels=channels)

@@ -135,8 +135,10 @@ def test_train_workflow_writes_the_best_model_with_its_sigma(trained: dict[str, 
     state = model.network.state_dict()
     assert all(torch.equal(state[key], value) for key, value in model_file["model"].items())
     assert model.info.sigma == info["sigma"]
-    # lower is better: the best metric is the smallest validation error seen
-    assert trained["best_metric"] <= trained["metrics"]["val_mean_dist_px"]
+    # lower is better: the best metric is the smallest selection score seen (outlier rate, then median)
+    assert trained["best_metric"] <= trained["metrics"]["val_selection_score"]
+    rate = trained["metrics"]["val_outlier_rate"]
+    assert 0.0 <= rate <= trained["metrics"]["val_selection_score"] < rate + 0.5 / 4 + 1e-9  # 4 validation frames
     full = torch.load(latest_checkpoint(models), map_location="cpu", weights_only=True)
     assert Path(latest_checkpoint(models)).name == f"checkpoint_epoch={EPOCHS}.pt"
     assert {"network", "optimizer", "trainer", "adaloss", "rng", "model_info", "best_model"} <= set(full)

@@ -46,4 +46,10 @@ def test_tiny_demo_writes_every_output(tmp_path: Path, capsys: pytest.CaptureFix
     assert results["final_sigma"] == [tiny.input_size / 4]  # no update within 2 epochs
     assert set(results["model"]) == {f"{s}_{u}" for s in ("mean", "median", "p95") for u in ("px", "mm")}
     assert results["timings_s"]["total"] > 0
+    assert 0.0 <= results["outlier_rate"] <= 1.0 and 1 <= results["best_epoch"] <= tiny.epochs
+    assert [set(row) for row in results["validation_per_epoch"]] == [
+        {"val_selection_score", "val_outlier_rate", "val_mean_dist_px", "val_median_dist_px"}
+    ] * tiny.epochs
+    assert "gross errors:" in printed and "low_confidence threshold" in printed
+    assert {row["flag"] for row in rows} <= {"", "low_confidence"}
     assert main(["demo", "--tiny", "-o", str(tmp_path), "--quiet"]) == 2  # never overwrites a finished demo

@@ -7,6 +7,7 @@ import logging
 import sys
 import traceback
 
+from ..tta import TestTimeAugmentation
 from .errors import ExitCode, InferenceConfigError
 from .inputs import InputFiles
 from .outputs import merge_outputs
@@ -81,6 +82,12 @@ def add_infer_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
         metavar="SECONDS",
         help="seconds one file may take to decode before it fails (default 300)",
     )
+    parser.add_argument(
+        "--tta",
+        choices=("shifts", "shifts-flips"),
+        help="test-time augmentation (single-instance models): 4-px shifts, optionally both flips (only for models "
+        "trained with flips); the copies' points are mapped back and combined",
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no per-file warnings")
     parser.add_argument(
         "--merge",
@@ -124,6 +131,9 @@ def run_infer_command(args: argparse.Namespace) -> int:
             progress=False if args.quiet else None,
             decode_timeout=args.decode_timeout,
             modalities=None if args.modalities is None else args.modalities.split(","),
+            tta=None
+            if args.tta is None
+            else TestTimeAugmentation(flip_axes=(0, 1) if args.tta == "shifts-flips" else ()),
         )
         summary = runner.run()
     except InferenceConfigError as err:

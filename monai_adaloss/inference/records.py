@@ -22,6 +22,7 @@ import torch
 from .decode import DecodedFile
 
 __all__ = [
+    "LOW_CONFIDENCE",
     "RECORD_FIELDS",
     "check_uids",
     "file_records",
@@ -45,8 +46,12 @@ RECORD_FIELDS: tuple[str, ...] = (
     "colour_conversion",
     "confidence",
     "model_sha256",
+    "flag",
 )
-"""The keys of every record, in the CSV's column order."""
+"""The keys of every record, in the CSV's column order. ``flag`` is ``"low_confidence"`` for a found
+point whose confidence is below the model's validation-chosen threshold, else ``null``."""
+
+LOW_CONFIDENCE = "low_confidence"
 
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _UID_MAX_LENGTH = 64
@@ -105,6 +110,7 @@ def file_records(
     confidence: torch.Tensor,
     landmark_names: Sequence[str],
     model_sha256: str,
+    confidence_threshold: float | None = None,
 ) -> list[dict[str, Any]]:
     """The records of one file, ordered by frame, landmark channel and instance slot.
 
@@ -117,6 +123,7 @@ def file_records(
         confidence: ``(F, L, K)``.
         landmark_names: ``L`` names.
         model_sha256: the model's identity.
+        confidence_threshold: found points with a lower confidence get ``flag: low_confidence``.
     """
     spacing = decoded.spacing
     base = {
@@ -146,6 +153,9 @@ def file_records(
                         "colour_conversion": decoded.colour_conversion,
                         "confidence": round(score, _CONFIDENCE_DECIMALS) if math.isfinite(score) else None,
                         "model_sha256": model_sha256,
+                        "flag": LOW_CONFIDENCE
+                        if confidence_threshold is not None and x is not None and score < confidence_threshold
+                        else None,
                     }
                 )
     return records

@@ -40,6 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
+from ..tta import TestTimeAugmentation
 from .decode import DecodedFile, DecodeFailure, DecodeFn, DecodeSettings, decode_file
 from .errors import ExitCode, InferenceConfigError
 from .heatmap_points import HeatmapDecoder
@@ -150,6 +151,9 @@ class InferenceRunner:
         network_modules: modules a checkpoint's network config may name (see :mod:`.model`).
         modalities: DICOM Modality values to infer (e.g. ``("XA", "RF", "CR", "DX")``); other files are
             skipped with the reason and counted apart from failures. ``None`` (default): every image.
+        tta: test-time augmentation (:class:`~monai_adaloss.tta.TestTimeAugmentation`, single-instance
+            models): the network runs on every shifted / flipped copy and the points are combined;
+            ``None`` (default): one plain pass.
 
     Raises:
         InferenceConfigError: (from ``run``) the run cannot start; nothing was written then.
@@ -174,6 +178,7 @@ class InferenceRunner:
         decode_fn: DecodeFn = decode_file,
         network_modules: Sequence[str] = DEFAULT_NETWORK_MODULES,
         modalities: Sequence[str] | None = None,
+        tta: TestTimeAugmentation | None = None,
     ) -> None:
         if batch_size < 1:
             raise InferenceConfigError(f"Argument `batch_size` must be >= 1, got {batch_size}.")
@@ -200,6 +205,7 @@ class InferenceRunner:
         self.modalities = None if modalities is None else tuple(m.strip().upper() for m in modalities if m.strip())
         if self.modalities is not None and not self.modalities:
             raise InferenceConfigError("Argument `modalities` names no modality; pass None for every image.")
+        self.tta = tta
 
     def run(self) -> InferenceSummary:
         """Infer every input file of this process's shard and write the outputs; see the module docstring."""
@@ -209,6 +215,11 @@ class InferenceRunner:
             model.info, keep_header=self.write_sr, keep_display=self.write_overlays, modalities=self.modalities
         )
         decoder = HeatmapDecoder(model.info)
+        if self.tta is not None and int(model.info.max_instances) != 1:
+            raise InferenceConfigError(
+                f"Test-time augmentation combines single-instance predictions; `{self.checkpoint}` has "
+                f"max_instances={model.info.max_instances}."
+            )
         files = self.inputs.with_exclude(self.output_dir).files()
         if not files:
             raise InferenceConfigError(f"No input files found in {[str(p) for p in self.inputs.paths]}.")
@@ -271,7 +282,7 @@ class InferenceRunner:
             network = model.network.to(device).eval()  # after the workers have started: they need no CUDA state
             outcomes = pool.imap_unordered(todo)
             for frames in infer_outcomes(
-                outcomes, tracker, network, self.inferer, decoder, self.batch_size, device, use_amp
+                outcomes, tracker, network, self.inferer, decoder, self.batch_size, device, use_amp, self.tta
             ):
                 bar.update(frames)
                 bar.set_postfix(files=f"{summary.succeeded + summary.failed}/{len(todo)}", failed=summary.failed)
@@ -312,13 +323,15 @@ def infer_outcomes(
     batch_size: int,
     device: torch.device,
     use_amp: bool,
+    tta: TestTimeAugmentation | None = None,
 ) -> Iterator[int]:
     """Batch the frames of decoded files across files, run the network, and hand the points to ``tracker``.
 
     The loop of :meth:`InferenceRunner.run`, reused by the DICOM node (:mod:`monai_adaloss.serve`): call it
     under ``torch.inference_mode()`` with ``network`` on ``device`` in eval mode. Frames ``(1, *input_size)``
     are batched ``(B, 1, *input_size)``; heatmaps ``(B, L, *input_size)`` are decoded by ``decoder``. The
-    tracker commits each file when its last frame is done. Yields the number of frames of each batch.
+    tracker commits each file when its last frame is done. With ``tta`` the network runs on every shifted /
+    flipped copy of the batch and the decoded points are combined. Yields the number of frames of each batch.
 
     Raises:
         RuntimeError: a decoded file did not get all its frames inferred (a bug, not a bad input).
@@ -326,9 +339,12 @@ def infer_outcomes(
     frames = _FrameStream(outcomes, tracker)
     loader = DataLoader(frames, batch_size=batch_size, num_workers=0, pin_memory=device.type == "cuda")
     for images, file_ids, frame_indices in loader:
+        images = images.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            heatmaps = inferer(images.to(device, non_blocking=True), network)
-        points, confidence = decoder(heatmaps.float())
+            if tta is None:
+                points, confidence = decoder(inferer(images, network).float())
+            else:
+                points, confidence, _ = tta(images, lambda x: inferer(x, network).float(), decoder)
         tracker.add(file_ids.tolist(), frame_indices.tolist(), points.cpu(), confidence.cpu())
         yield len(images)
     if tracker.pending:
@@ -398,7 +414,12 @@ class _FileTracker:
         decoded, info = pending.decoded, self.model.info
         points = network_to_original(torch.stack(pending.points), info.input_size, decoded.original_size)
         records = file_records(
-            decoded, points, torch.stack(pending.confidence), info.landmark_names, self.model.model_id
+            decoded,
+            points,
+            torch.stack(pending.confidence),
+            info.landmark_names,
+            self.model.model_id,
+            info.confidence_threshold,
         )
         self.writer.write_records(decoded.path, decoded.num_frames, records)
         self.summary.succeeded += 1
