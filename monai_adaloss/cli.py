@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .demo import add_demo_command, add_synth_command
+from .export_command import add_export_command
 from .inference.command import add_infer_command
 
 __all__ = ["build_parser", "main"]
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_synth_command(subparsers)
     add_infer_command(subparsers)
+    add_export_command(subparsers)
     add_demo_command(subparsers)
     return parser
 

@@ -1,4 +1,6 @@
-"""AdalossHandler: applies the Adaloss schedule per landmark after every training epoch.
+"""Training handlers: :class:`AdalossHandler` (the Adaloss schedule) and :class:`ModelInfoSaver` (model_info.json).
+
+AdalossHandler applies the Adaloss schedule per landmark after every training epoch.
 
 Works on any Ignite engine, MONAI's ``SupervisedTrainer`` included (its default decollation of the
 outputs does not matter: the handler reads the per-landmark values the loss module keeps).
@@ -15,7 +17,7 @@ from ignite.engine import Engine, Events
 
 from .losses import AdalossHeatmapLoss
 
-__all__ = ["AdalossHandler"]
+__all__ = ["AdalossHandler", "ModelInfoSaver"]
 
 
 class AdalossHandler:
@@ -115,3 +117,34 @@ class AdalossHandler:
         sums, counts = state.get("epoch_sums"), state.get("epoch_counts")
         self._sums = None if sums is None else torch.tensor(sums, dtype=torch.float64)
         self._counts = None if counts is None else torch.tensor(counts, dtype=torch.float64)
+
+
+class ModelInfoSaver:
+    """Write ``model_info.json`` next to the best model whenever the evaluator's key metric improves.
+
+    Attach it to the validation evaluator together with the best-model ``CheckpointSaver``: both act
+    on the epoch whose key metric is the best so far (``engine.state.best_metric_epoch``), so the
+    JSON describes the weights of ``model.pt`` (same sigma). The file is what ``ckpt_export`` copies
+    into ``model.ts`` (see :mod:`monai_adaloss.export`). Only rank 0 writes.
+
+    Args:
+        model_info: the :class:`~monai_adaloss.model_info.LandmarkModelInfo` (or anything with
+            ``state_dict()``) of the run.
+        save_dir: the folder of ``model.pt``.
+        filename: the file's name.
+    """
+
+    def __init__(self, model_info: Any, save_dir: str, filename: str = "model_info.json") -> None:
+        self.model_info = model_info
+        self.save_dir = save_dir
+        self.filename = filename
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        from .export import write_model_info_json
+
+        best_epoch = getattr(engine.state, "best_metric_epoch", -1)
+        if idist.get_rank() == 0 and best_epoch == engine.state.epoch:
+            write_model_info_json(self.model_info.state_dict(), f"{self.save_dir}/{self.filename}")

@@ -32,29 +32,25 @@ class _SkipConnectionUNet(nn.Module):
     and ``_interp_mode``; each decoder takes the up-sampled features concatenated with its skip.
     """
 
-    stem: nn.Module
-    encoders: nn.ModuleList
-    pool: nn.Module
-    bottleneck: nn.Module
-    decoders: nn.ModuleList
-    head: nn.Module
-    levels: int
-    _interp_mode: str
+    # no class-level annotations: TorchScript reads them and cannot resolve the postponed (string) ones;
+    # it infers the attribute types from the instance instead
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        divisor = 2 ** (self.levels - 1)
-        if any(s % divisor for s in x.shape[2:]):
-            raise ValueError(
-                f"Input spatial shape {tuple(x.shape[2:])} must be divisible by {divisor} for {self.levels} levels."
-            )
+        divisor = int(2 ** (self.levels - 1))
+        for size in x.shape[2:]:
+            if size % divisor != 0:
+                raise ValueError(
+                    f"Input spatial shape {list(x.shape[2:])} must be divisible by {divisor} for {self.levels} levels."
+                )
         x = self.stem(x)
-        skips = []
+        skips: list[torch.Tensor] = []
         for encoder in self.encoders:
             x = encoder(x)
             skips.append(x)
             x = self.pool(x)
         x = self.bottleneck(x)
-        for decoder, skip in zip(self.decoders, reversed(skips), strict=True):
+        for level, decoder in enumerate(self.decoders):  # deepest skip first
+            skip = skips[len(skips) - 1 - level]
             x = nn.functional.interpolate(x, size=skip.shape[2:], mode=self._interp_mode, align_corners=False)
             x = decoder(torch.cat([x, skip], dim=1))
         return self.head(x)
@@ -165,10 +161,12 @@ class _DenseBlock(nn.Module):
         self.out_channels = num_layers * growth_rate + (in_channels if keep_input else 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = [x]
+        features: list[torch.Tensor] = [x]
         for layer in self.layers:
             features.append(layer(torch.cat(features, dim=1)))
-        return torch.cat(features if self.keep_input else features[1:], dim=1)
+        if self.keep_input:
+            return torch.cat(features, dim=1)
+        return torch.cat(features[1:], dim=1)
 
 
 class DenseHeatmapUNet(_SkipConnectionUNet):

@@ -17,7 +17,8 @@ from .errors import ExitCode, InferenceConfigError
 from .heatmap_points import HeatmapDecoder
 from .images import ImageReadError
 from .inputs import InputFiles
-from .model import DEFAULT_NETWORK_MODULES, LandmarkModel, build_network, load_checkpoint
+from .landmarks import DecodeLandmarksd
+from .model import DEFAULT_NETWORK_MODULES, LandmarkModel, OnnxNetwork, build_network, load_checkpoint
 from .outputs import merge_outputs
 from .records import RECORD_FIELDS, network_to_original
 from .runner import InferenceRunner, InferenceSummary
@@ -28,6 +29,7 @@ __all__ = [
     "RECORD_FIELDS",
     "SCOORD_OFFSET",
     "DecodeFailure",
+    "DecodeLandmarksd",
     "DecodeSettings",
     "DecodedFile",
     "ExitCode",
@@ -38,6 +40,7 @@ __all__ = [
     "InferenceSummary",
     "InputFiles",
     "LandmarkModel",
+    "OnnxNetwork",
     "build_network",
     "decode_file",
     "load_checkpoint",
