@@ -195,13 +195,15 @@ def build_bundle_network(model_info: Any) -> Any:
     return build_network(info)
 
 
-def exit_code_of(summary: Any) -> None:
-    """End a ``monai.bundle run`` of ``inference.json`` with the batch runner's exit code when it is not 0.
+def exit_code_of(summary: Any) -> Any:
+    """Print the batch runner's summary line; raise ``SystemExit`` with its exit code when it is not 0.
 
-    ``monai.bundle run`` exits 0 whatever its ``run`` expressions return; this makes a run in which files
-    failed exit with :attr:`~monai_adaloss.inference.ExitCode.FILES_FAILED` (1), as ``monai-adaloss infer``.
+    ``monai.bundle run`` exits 0 whatever its ``run`` expressions return; this makes a run of
+    ``inference.json`` in which files failed exit with 1 (``ExitCode.FILES_FAILED``), as ``monai-adaloss
+    infer`` does. Returns ``summary`` otherwise.
     """
     code = int(getattr(summary, "exit_code", 0))
     print(summary.line())
     if code:
         raise SystemExit(code)
+    return summary
