@@ -92,7 +92,10 @@ def deploy_bundle_config(model_ts: Path, config_names: list[str]) -> ConfigParse
             return json.loads(archive.read(found[0]))
 
         parser.read_meta(f=read("metadata"))
-        parser.read_config(f=[read(name) for name in config_names] if len(config_names) > 1 else read(config_names[0]))
+        content: dict[str, Any] = {}
+        for name in config_names:  # ConfigParser.read_config merges a list of files key by key, in order
+            content.update(read(name))
+        parser.read_config(f=content)
     parser.parse()
     return parser
 

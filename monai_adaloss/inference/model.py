@@ -35,7 +35,14 @@ from torch import nn
 from ..model_info import LandmarkModelInfo
 from .errors import InferenceConfigError
 
-__all__ = ["DEFAULT_NETWORK_MODULES", "LandmarkModel", "OnnxNetwork", "build_network", "load_checkpoint"]
+__all__ = [
+    "DEFAULT_NETWORK_MODULES",
+    "LandmarkModel",
+    "OnnxNetwork",
+    "build_network",
+    "check_frame_model",
+    "load_checkpoint",
+]
 
 DEFAULT_NETWORK_MODULES: tuple[str, ...] = ("monai_adaloss.networks", "monai.networks.nets")
 """Modules whose classes and functions a checkpoint's ``model_info["network"]`` may name."""
@@ -216,6 +223,30 @@ def _load_exported(path: Path) -> LandmarkModel:
     except (ValueError, TypeError, KeyError) as err:
         raise InferenceConfigError(f"`{path}` carries an invalid model info: {err}") from err
     return LandmarkModel(network=network.eval(), info=info, checkpoint=str(path.absolute()), sha256=_sha256(path))
+
+
+def check_frame_model(info: LandmarkModelInfo, source: str) -> None:
+    """Refuse, saying why, a model that the 2D frame runner cannot apply: run its bundle's ``inference.json``.
+
+    The batch runner reads DICOM or PNG/JPEG frames and only resizes them. A volume model (3D input
+    size), a model whose input is a crop around a given face box (``crop_margin``: the box comes from
+    annotation points), and one with another pre-processing (the hand X-ray model: per-image min-max,
+    longest side resized and zero-padded) run with their bundle's ``inference.json`` instead.
+
+    Raises:
+        InferenceConfigError: naming the reason and the command that runs the model.
+    """
+    pre = info.preprocessing
+    command = "python -m monai.bundle run --config_file <bundle>/configs/inference.json --bundle_root <bundle>"
+    reason = None
+    if len(info.input_size) != 2:
+        reason = f"it is a {len(info.input_size)}D model (input size {list(info.input_size)}); infer reads 2D frames"
+    elif "crop_margin" in pre:
+        reason = "its input is a crop around a face box given by annotation points (.pts), which infer has not"
+    elif {"resize", "pad"} & set(pre):
+        reason = f"its pre-processing ({pre.get('resize')}; {pre.get('pad')}) is not infer's resize-only pipeline"
+    if reason is not None:
+        raise InferenceConfigError(f"`{source}` cannot run under monai-adaloss infer: {reason}. Run: {command}")
 
 
 def _model_info(path: Path, state: Mapping[str, Any]) -> LandmarkModelInfo:

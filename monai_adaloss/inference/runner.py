@@ -39,7 +39,7 @@ from .decode import DecodedFile, DecodeFailure, DecodeFn, DecodeSettings, decode
 from .errors import ExitCode, InferenceConfigError
 from .heatmap_points import HeatmapDecoder
 from .inputs import InputFiles
-from .model import DEFAULT_NETWORK_MODULES, LandmarkModel, load_checkpoint
+from .model import DEFAULT_NETWORK_MODULES, LandmarkModel, check_frame_model, load_checkpoint
 from .outputs import ERRORS, SUMMARY, PartWriter, merge_outputs, part_dirs, read_done
 from .overlays import write_overlays
 from .pool import DecodePool, Outcome
@@ -181,6 +181,7 @@ class InferenceRunner:
         """Infer every input file of this process's shard and write the outputs; see the module docstring."""
         started = time.perf_counter()
         model = load_checkpoint(self.checkpoint, self.network, self.network_modules)
+        check_frame_model(model.info, str(self.checkpoint))
         settings = DecodeSettings.from_model_info(
             model.info, keep_header=self.write_sr, keep_display=self.write_overlays
         )
