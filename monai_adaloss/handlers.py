@@ -17,7 +17,7 @@ from ignite.engine import Engine, Events
 
 from .losses import AdalossHeatmapLoss
 
-__all__ = ["AdalossHandler", "ModelInfoSaver"]
+__all__ = ["AdalossHandler", "ModelInfoSaver", "PruneEpochCheckpoints"]
 
 
 class AdalossHandler:
@@ -148,3 +148,43 @@ class ModelInfoSaver:
         best_epoch = getattr(engine.state, "best_metric_epoch", -1)
         if idist.get_rank() == 0 and best_epoch == engine.state.epoch:
             write_model_info_json(self.model_info.state_dict(), f"{self.save_dir}/{self.filename}")
+
+
+class PruneEpochCheckpoints:
+    """Keep only the newest ``n_saved`` ``checkpoint_epoch=N.pt`` files of a folder, also across resumed runs.
+
+    MONAI's ``CheckpointSaver`` counts ``n_saved`` among the files of its own run only, so a resumed run
+    leaves the checkpoint it resumed from (and every earlier run's) behind. Attached after the saver, this
+    deletes the older ones at the end of every epoch. Only rank 0 deletes.
+
+    Args:
+        save_dir: the saver's folder.
+        n_saved: how many of the newest epoch checkpoints to keep (>= 1).
+    """
+
+    def __init__(self, save_dir: str, n_saved: int = 1) -> None:
+        if n_saved < 1:
+            raise ValueError(f"Argument `n_saved` must be >= 1, got {n_saved}.")
+        self.save_dir = save_dir
+        self.n_saved = n_saved
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        import re
+        from pathlib import Path
+
+        if idist.get_rank() != 0:
+            return
+        pattern = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
+        found = sorted(
+            (
+                (int(m.group(1)), p)
+                for p in Path(self.save_dir).glob("checkpoint_epoch=*.pt")
+                if (m := pattern.search(p.name))
+            ),
+            reverse=True,
+        )
+        for _, path in found[self.n_saved :]:
+            path.unlink(missing_ok=True)

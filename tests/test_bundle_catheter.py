@@ -4,7 +4,7 @@
   not shipped with MONAI, and ``monai.bundle.verify_metadata`` downloads it, so the schema's rules are written
   out in ``bundle_checks.py``);
 - train.json through ``ConfigWorkflow(workflow_type="train")``: properties, ``models/model.pt`` (weights-only
-  ``{"model", "model_info"}`` with the sigma of the best epoch, loadable by the inference code), the full
+  ``{"model", "model_info", "checkpointer"}`` with the sigma of the best epoch, loadable by the inference code), the full
   checkpoint, sigma in TensorBoard, resuming from the latest checkpoint;
 - evaluate.json through ``ConfigWorkflow(workflow_type="eval")``;
 - the validation post-processing maps a perfect network-grid prediction back to the original pixels exactly;
@@ -122,7 +122,8 @@ def test_train_workflow_writes_the_best_model_with_its_sigma(trained: dict[str, 
     assert trained["missing"] == []
     models = trained["root"] / "models"
     model_file = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
-    assert set(model_file) == {"model", "model_info"}
+    # "checkpointer": the best-model saver's record of the best metric (key_metric_save_state), for resuming
+    assert set(model_file) == {"model", "model_info", "checkpointer"}
     info = model_file["model_info"]
     sigma_history = trained["sigma_history"]
     assert sigma_history.shape == (EPOCHS + 1, 1)
@@ -139,7 +140,8 @@ def test_train_workflow_writes_the_best_model_with_its_sigma(trained: dict[str, 
     assert trained["best_metric"] <= trained["metrics"]["val_mean_dist_px"]
     full = torch.load(latest_checkpoint(models), map_location="cpu", weights_only=True)
     assert Path(latest_checkpoint(models)).name == f"checkpoint_epoch={EPOCHS}.pt"
-    assert {"network", "optimizer", "trainer", "adaloss", "rng", "model_info", "best_model"} <= set(full)
+    assert {"network", "optimizer", "trainer", "adaloss", "rng", "model_info"} <= set(full)
+    assert json.loads((models / "model_info.json").read_text())  # written with model.pt, for ckpt_export
     assert full["model_info"]["sigma"] == pytest.approx(sigma_history[-1].tolist())
     assert torch.tensor(full["adaloss"]["schedule"]["sigma_history"], dtype=torch.float64).equal(sigma_history)
 
@@ -170,6 +172,7 @@ def test_resume_continues_from_the_latest_checkpoint(trained: dict[str, Any], da
     assert history.shape == (EPOCHS + 2, 1)
     assert history[: EPOCHS + 1].tolist() == trained["sigma_history"].tolist()
     assert Path(latest_checkpoint(trained["root"] / "models")).name == f"checkpoint_epoch={EPOCHS + 1}.pt"
+    assert len(list((trained["root"] / "models").glob("checkpoint_epoch=*.pt"))) == 1  # n_saved, also after resuming
 
 
 def test_missing_datalist_says_how_to_make_one(tmp_path: Path) -> None:
