@@ -194,7 +194,8 @@ class InferenceRunner:
             part = self.output_dir if group.world_size == 1 else self.output_dir / f"part-{group.rank}"
             if not self.resume and (part_dirs(self.output_dir) or (self.output_dir / SUMMARY).exists()):
                 raise InferenceConfigError(
-                    f"`{self.output_dir}` already holds inference outputs; pass --resume to continue that run, "
+                    f"`{self.output_dir}` already holds inference outputs; pass --resume to continue that run "
+                    "(`--resume True` for `python -m monai.bundle run` of a bundle's inference.json), "
                     "or choose another output folder."
                 )
             group.barrier()  # every rank has looked before any rank writes
