@@ -23,15 +23,13 @@ Points are ``(x, y)`` = (column, row) in pixels of the original frame (DESIGN.md
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
-import logging
 import math
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +40,8 @@ from monai.bundle import ConfigWorkflow
 from tqdm import tqdm
 
 from .bundles import bundle_path, load_datalist
+from .demo_command import add_demo_command, add_synth_command
+from .demo_profiles import BUNDLE_NAME, PROFILES, DemoProfile
 from .inference import InferenceRunner
 from .io import LoadDicomFrame
 from .plotting import plot_prediction_overlays, plot_sigma_history
@@ -59,48 +59,12 @@ __all__ = [
     "run_demo",
 ]
 
-BUNDLE_NAME = "catheter_tip_fluoro"
-DEFAULT_DATASET_DIR = "data/catheter_tip_fluoro"
 _KEY_METRIC = "val_mean_dist_px"
 _OVERLAY_PANELS = 12
 _CSV_FIELDS = (
     "image", "frame", "x_true", "y_true", "x_pred", "y_pred", "confidence", "error_px", "error_mm",
     "centre_error_px", "centre_error_mm", "spacing_x_mm", "spacing_y_mm", "spacing_source",
 )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class DemoProfile:
-    """Sizes of a demo run.
-
-    Attributes:
-        n_train, n_val, n_test: frames per split.
-        frame_size: the synthetic frames are ``frame_size`` x ``frame_size`` pixels.
-        input_size: the network's input grid is ``input_size`` x ``input_size`` (sigma_0 = input_size / 4).
-        channels: U-Net feature channels per level (the bundle's ``network_channels``).
-        epochs: training epochs (validation after each).
-        batch_size: training batch size.
-    """
-
-    n_train: int
-    n_val: int
-    n_test: int
-    frame_size: int
-    input_size: int
-    channels: tuple[int, ...]
-    epochs: int
-    batch_size: int = 8
-
-
-PROFILES: dict[str, DemoProfile] = {
-    "cpu": DemoProfile(
-        n_train=400, n_val=40, n_test=60, frame_size=256, input_size=128, channels=(8, 16, 32), epochs=30, batch_size=4
-    ),
-    "tiny": DemoProfile(
-        n_train=8, n_val=4, n_test=4, frame_size=64, input_size=32, channels=(4, 8, 16), epochs=2, batch_size=4
-    ),
-}
-"""``cpu``: the measured ten-minute profile (docs/catheter_bundle.md); ``tiny``: a smoke test of every step."""
 
 
 @dataclass
@@ -415,81 +379,3 @@ def _summary(report: DemoReport) -> dict[str, Any]:
         "passed": report.passed,
         "outputs": report.outputs,
     }
-
-
-# ----------------------------------------------------------------------------------------------------- CLI
-
-
-def add_synth_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``synth`` to the ``monai-adaloss`` sub-commands."""
-    parser = subparsers.add_parser(
-        "synth",
-        help="write a synthetic fluoroscopy DICOM dataset with a datalist",
-        description=(
-            "Write synthetic X-ray fluoroscopy DICOM files (one catheter tip per frame) and datalist.json "
-            f"(training / validation / test). The default output is the `dataset_dir` of the {BUNDLE_NAME} "
-            "bundle when it is run from this folder."
-        ),
-    )
-    parser.add_argument("--output-dir", "-o", default=DEFAULT_DATASET_DIR, help=f"default {DEFAULT_DATASET_DIR}")
-    parser.add_argument("--n-train", type=int, default=300, help="training frames (default 300)")
-    parser.add_argument("--n-val", type=int, default=60, help="validation frames (default 60)")
-    parser.add_argument("--n-test", type=int, default=60, help="test frames (default 60)")
-    parser.add_argument("--size", type=int, default=256, help="frame rows and columns (default 256)")
-    parser.add_argument("--seed", type=int, default=0, help="the same seed writes the same files (default 0)")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    parser.set_defaults(func=_run_synth_command)
-    return parser
-
-
-def _run_synth_command(args: argparse.Namespace) -> int:
-    path = make_synthetic_dataset(
-        args.output_dir, args.n_train, args.n_val, args.n_test, args.size, args.seed, progress=not args.quiet
-    )
-    print(f"monai-adaloss synth: {args.n_train}/{args.n_val}/{args.n_test} frames, datalist {path}")
-    return 0
-
-
-def add_demo_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``demo`` to the ``monai-adaloss`` sub-commands."""
-    parser = subparsers.add_parser(
-        "demo",
-        help="synthetic data -> train the catheter bundle on the CPU -> infer on the test DICOMs -> report",
-        description=(
-            f"Generate synthetic fluoroscopy DICOMs, train the {BUNDLE_NAME} bundle (configs/train.json with a "
-            "CPU-sized profile), infer on the test DICOMs, and report tip errors against guessing the image centre. "
-            "Exits 1 when the model is not better than the centre guess."
-        ),
-    )
-    parser.add_argument("--output-dir", "-o", default="runs/demo", help="default runs/demo")
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu", help="sizes (default cpu)")
-    parser.add_argument("--tiny", dest="profile", action="store_const", const="tiny", help="same as --profile tiny")
-    parser.add_argument("--epochs", type=int, help="override the profile's epochs")
-    parser.add_argument("--n-train", type=int, help="override the profile's training frames")
-    parser.add_argument("--input-size", type=int, help="override the profile's network input size")
-    parser.add_argument("--batch-size", type=int, help="override the profile's training batch size")
-    parser.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: at most 2)")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    parser.set_defaults(func=_run_demo_command)
-    return parser
-
-
-def _run_demo_command(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads or min(2, os.cpu_count() or 1))
-    overrides = {
-        "epochs": args.epochs,
-        "n_train": args.n_train,
-        "input_size": args.input_size,
-        "batch_size": args.batch_size,
-    }
-    profile = replace(PROFILES[args.profile], **{k: v for k, v in overrides.items() if v is not None})
-    try:
-        report = run_demo(args.output_dir, profile, seed=args.seed, progress=not args.quiet)
-    except FileExistsError as err:
-        print(f"monai-adaloss demo: {err}")
-        return 2
-    print(report.table())
-    print("outputs: " + ", ".join(f"{k} {v}" for k, v in report.outputs.items()))
-    return 0 if report.passed else 1

@@ -8,9 +8,6 @@ import sys
 import traceback
 
 from .errors import ExitCode, InferenceConfigError
-from .inputs import InputFiles
-from .outputs import merge_outputs
-from .runner import InferenceRunner
 
 __all__ = ["add_infer_command", "run_infer_command"]
 
@@ -84,6 +81,10 @@ def add_infer_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
 def run_infer_command(args: argparse.Namespace) -> int:
     """Run ``infer`` from parsed arguments, print the summary line, and return the exit code."""
+    from .inputs import InputFiles  # imported here: `monai-adaloss --help` must not import torch
+    from .outputs import merge_outputs
+    from .runner import InferenceRunner
+
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         if args.merge:
