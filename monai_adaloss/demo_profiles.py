@@ -21,6 +21,8 @@ class DemoProfile:
         channels: U-Net feature channels per level (the bundle's ``network_channels``).
         epochs: training epochs (validation after each).
         batch_size: training batch size.
+        smoke_test: the profile only checks that every step runs (too small to learn): its result is
+            "every step ran", not a comparison with the centre guess, and the command exits 0.
     """
 
     n_train: int
@@ -31,6 +33,7 @@ class DemoProfile:
     channels: tuple[int, ...]
     epochs: int
     batch_size: int = 8
+    smoke_test: bool = False
 
 
 PROFILES: dict[str, DemoProfile] = {
@@ -38,7 +41,15 @@ PROFILES: dict[str, DemoProfile] = {
         n_train=400, n_val=40, n_test=60, frame_size=256, input_size=128, channels=(8, 16, 32), epochs=30, batch_size=4
     ),
     "tiny": DemoProfile(
-        n_train=8, n_val=4, n_test=4, frame_size=64, input_size=32, channels=(4, 8, 16), epochs=2, batch_size=4
+        n_train=8,
+        n_val=4,
+        n_test=4,
+        frame_size=64,
+        input_size=32,
+        channels=(4, 8, 16),
+        epochs=2,
+        batch_size=4,
+        smoke_test=True,
     ),
 }
 """``cpu``: the measured ten-minute profile (docs/catheter_bundle.md); ``tiny``: a smoke test of every step."""

@@ -4,8 +4,8 @@
   not shipped with MONAI, and ``monai.bundle.verify_metadata`` downloads it, so the schema's rules are written
   out in ``bundle_checks.py``);
 - train.json through ``ConfigWorkflow(workflow_type="train")``: properties, ``models/model.pt`` (weights-only
-  ``{"model", "model_info", "checkpointer"}`` with the sigma of the best epoch, loadable by the inference code), the full
-  checkpoint, sigma in TensorBoard, resuming from the latest checkpoint;
+  ``{"model", "model_info", "checkpointer"}`` with the sigma of the best epoch, loadable by the inference code),
+  ``models/model_info.json``, the full checkpoint, sigma in TensorBoard, resuming from the latest checkpoint;
 - evaluate.json through ``ConfigWorkflow(workflow_type="eval")``;
 - the validation post-processing maps a perfect network-grid prediction back to the original pixels exactly;
 - a clear error when the datalist is missing;
