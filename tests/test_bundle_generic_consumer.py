@@ -170,3 +170,20 @@ def test_infer_says_why_it_cannot_run_face_and_hand_models(name: str, reason: st
     Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(frame)
     with pytest.raises(InferenceConfigError, match=reason):
         InferenceRunner(tmp_path / "bundle" / "models" / "model.pt", frame, tmp_path / "out", num_workers=0).run()
+
+
+def test_catheter_readme_inference_command_runs_as_written(tmp_path: Path) -> None:
+    """The README's `monai.bundle run` inference command, from a checkout-like folder; exit 1 once a file fails."""
+    root = tmp_path / "bundles" / "catheter_tip_fluoro"
+    make_bundle_model("catheter_tip_fluoro", root)
+    data = tmp_path / "data" / "catheter_tip_fluoro"
+    make_dataset(data, 1, 1, 2, config=FluoroscopyConfig(rows=48, columns=48), seed=1)  # `monai-adaloss synth` layout
+    argv = readme_command(root / "docs" / "README.md", "configs/inference.json")
+    result = run(argv, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "0 failed" in result.stdout
+    assert (root / "predictions" / "records.jsonl").read_text().count("\n") >= 2
+    (data / "test" / "broken.dcm").write_bytes(b"DICM")
+    result = run([*argv, "--output_dir", str(tmp_path / "second")], cwd=tmp_path)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "1 failed" in result.stdout
