@@ -115,15 +115,30 @@ def extract_sources(bundles_dir: Path) -> dict[Path, str]:
     return files
 
 
+def _order_like(value: Any, reference: Any) -> Any:
+    """``value`` with its dict keys in ``reference``'s order where they exist there (new keys last), recursively."""
+    if not (isinstance(value, dict) and isinstance(reference, dict)):
+        return value
+    keys = [k for k in reference if k in value] + [k for k in value if k not in reference]
+    return {k: _order_like(value[k], reference.get(k)) for k in keys}
+
+
 def generate(bundles_dir: Path) -> dict[Path, str]:
-    """Every bundle's generated config files (path -> text) from ``bundles/_source``."""
+    """Every bundle's generated config files (path -> text) from ``bundles/_source``.
+
+    Keys keep the order of the shipped file where it exists, so that regenerating changes only what changed.
+    """
     source = bundles_dir / SOURCE
     files: dict[Path, str] = {}
     for name in _bundles(bundles_dir):
         for filename in JSON_FILES:
             base = json.loads((source / _BASE / filename).read_text(encoding="utf-8"))
             overlay = json.loads((source / name / filename).read_text(encoding="utf-8"))
-            files[bundles_dir / name / "configs" / filename] = _dump(deep_merge(base, overlay))
+            target = bundles_dir / name / "configs" / filename
+            merged = deep_merge(base, overlay)
+            if target.is_file():
+                merged = _order_like(merged, json.loads(target.read_text(encoding="utf-8")))
+            files[target] = _dump(merged)
         for filename in TEXT_FILES:
             files[bundles_dir / name / "configs" / filename] = (source / _BASE / filename).read_text(encoding="utf-8")
     return files

@@ -197,6 +197,16 @@ def test_evaluate_workflow(trained: dict[str, Any], dataset_dir: Path) -> None:
     assert "val_mean_dist_px" in saved and "val_mean_dist_mm" in saved
 
 
+def test_evaluate_takes_size_names_and_network_from_the_model_info(trained: dict[str, Any], dataset_dir: Path) -> None:
+    """No training overrides repeated: evaluate.json reads the tiny model's size and channels from model_info.json."""
+    wf = bundle_workflow(CONFIGS, ["train.json", "evaluate.json"], "eval", trained["root"], dataset_dir, num_workers=0)
+    assert wf.parser.get_parsed_content("input_size") == TINY["input_size"]  # not train.json's default 256
+    wf.run()
+    metrics = wf.parser.get_parsed_content("evaluator").state.metrics
+    wf.finalize()
+    assert math.isfinite(metrics["val_mean_dist_px"])
+
+
 def test_perfect_prediction_maps_back_to_the_original_pixels(tmp_path: Path, dataset_dir: Path) -> None:
     """A network output equal to the target heatmap decodes to the annotated point in original pixels and mm."""
     wf = workflow(["train.json"], "train", tmp_path, dataset_dir, input_size=[48, 40])  # anisotropic resize
