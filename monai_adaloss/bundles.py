@@ -34,6 +34,7 @@ __all__ = [
     "bundle_model_info",
     "bundle_path",
     "exit_code_of",
+    "frame_transforms_of",
     "latest_checkpoint",
     "load_datalist",
 ]
@@ -207,3 +208,29 @@ def exit_code_of(summary: Any) -> Any:
     if code:
         raise SystemExit(code)
     return summary
+
+
+def frame_transforms_of(model_info: Any) -> Any:
+    """The model's per-frame transforms to its input grid (a MONAI ``Compose`` on ``data["image"]``).
+
+    ``preprocessing["transforms"]`` of the model info (the bundle's training definition, see
+    :mod:`monai_adaloss.frame_transforms`); for a model info without it (older checkpoints) a ``Resized``
+    to ``input_size`` with its ``resize_mode`` / ``anti_aliasing``.
+    """
+    from .frame_transforms import build_frame_transforms
+
+    info = model_info.state_dict() if hasattr(model_info, "state_dict") else dict(model_info)
+    pre = info.get("preprocessing") or {}
+    if "transforms" in pre:
+        return build_frame_transforms(pre["transforms"])
+    return build_frame_transforms(
+        [
+            {
+                "_target_": "monai.transforms.Resized",
+                "keys": "image",
+                "spatial_size": [int(s) for s in info["input_size"]],
+                "mode": str(pre.get("resize_mode", "area")),
+                "anti_aliasing": bool(pre.get("anti_aliasing", False)),
+            }
+        ]
+    )

@@ -132,6 +132,10 @@ def test_train_workflow_writes_the_best_model_with_its_sigma(trained: dict[str, 
     # validation and the best-model saver run after the handler's sigma update of the same epoch
     assert info["sigma"] == pytest.approx(sigma_history[trained["best_epoch"]].tolist())
     assert info["landmark_names"] == ["tip"] and info["input_size"] == [32, 32]
+    # one pre-processing description: the checkpoint carries train.json's frame transforms, inference applies them
+    assert info["preprocessing"]["transforms"] == [
+        {"_target_": "monai.transforms.Resized", "keys": "image", "spatial_size": [32, 32], "mode": "area"}
+    ]
     model = load_checkpoint(models / "model.pt")  # the inference code rebuilds the network from the model info
     state = model.network.state_dict()
     assert all(torch.equal(state[key], value) for key, value in model_file["model"].items())
