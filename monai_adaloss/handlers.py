@@ -151,7 +151,7 @@ class ModelInfoSaver:
 
 
 class PruneEpochCheckpoints:
-    """Keep only the newest ``n_saved`` ``checkpoint_epoch=N.pt`` files of a folder, also across resumed runs.
+    """Keep only the ``n_saved`` most recently written ``checkpoint_epoch=N.pt`` files, also across resumed runs.
 
     MONAI's ``CheckpointSaver`` counts ``n_saved`` among the files of its own run only, so a resumed run
     leaves the checkpoint it resumed from (and every earlier run's) behind. Attached after the saver, this
@@ -178,13 +178,12 @@ class PruneEpochCheckpoints:
         if idist.get_rank() != 0:
             return
         pattern = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
+        # newest first by write time, not by N: a fresh run's files are newer than stale higher-numbered ones of
+        # an earlier run, and the saver's own files (which it removes itself) are always among the newest
         found = sorted(
-            (
-                (int(m.group(1)), p)
-                for p in Path(self.save_dir).glob("checkpoint_epoch=*.pt")
-                if (m := pattern.search(p.name))
-            ),
+            (p for p in Path(self.save_dir).glob("checkpoint_epoch=*.pt") if pattern.search(p.name)),
+            key=lambda p: p.stat().st_mtime_ns,
             reverse=True,
         )
-        for _, path in found[self.n_saved :]:
+        for path in found[self.n_saved :]:
             path.unlink(missing_ok=True)
