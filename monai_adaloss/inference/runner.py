@@ -52,6 +52,10 @@ __all__ = ["InferenceRunner", "InferenceSummary"]
 logger = logging.getLogger(__name__)
 
 
+_LOG_EVERY = 100
+"""Without a progress bar (output not a terminal), one progress line per this many files."""
+
+
 @dataclass
 class InferenceSummary:
     """What one process's :meth:`InferenceRunner.run` did.
@@ -236,6 +240,8 @@ class InferenceRunner:
         tracker = _FileTracker(writer, model, self.output_dir, self.write_sr, self.write_overlays, summary)
         use_amp = self.amp and device.type == "cuda"
         show = sys.stderr.isatty() if self.progress is None else self.progress
+        log_lines = self.progress is None and not show  # output to a file or pipe: a line per _LOG_EVERY files
+        logged = 0
         with (
             DecodePool(self.decode_fn, settings, self.num_workers, self.decode_timeout) as pool,
             tqdm(unit="frame", disable=not show, desc="infer", dynamic_ncols=True) as bar,
@@ -251,6 +257,11 @@ class InferenceRunner:
                 tracker.add(file_ids.tolist(), frame_indices.tolist(), points.cpu(), confidence.cpu())
                 bar.update(len(images))
                 bar.set_postfix(files=f"{summary.succeeded + summary.failed}/{len(todo)}", failed=summary.failed)
+                done = summary.succeeded + summary.failed
+                if log_lines and done // _LOG_EVERY > logged // _LOG_EVERY:
+                    logged = done
+                    print(f"infer: {done}/{len(todo)} files ({summary.failed} failed), {summary.frames} frames",
+                          file=sys.stderr, flush=True)  # fmt: skip
         if tracker.pending:
             raise RuntimeError(f"{len(tracker.pending)} file(s) were decoded but not inferred")
 
