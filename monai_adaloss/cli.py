@@ -6,7 +6,8 @@ import argparse
 from collections.abc import Sequence
 
 from . import __version__
-from .demo import add_demo_command, add_synth_command
+from .demo_command import add_demo_command, add_synth_command
+from .export_command import add_export_command
 from .inference.command import add_infer_command
 from .serve.command import add_serve_command
 
@@ -17,13 +18,19 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one sub-command per job."""
     parser = argparse.ArgumentParser(
         prog="monai-adaloss",
-        description="Adaloss heatmap landmark detection on MONAI: train, infer and evaluate landmark models.",
+        description=(
+            "Adaloss heatmap landmark detection on MONAI. Sub-commands: synth (synthetic fluoroscopy DICOMs), "
+            "infer (batch inference from model.pt / model.ts / model.onnx), export (ONNX / TorchScript), "
+            "demo (synthetic data -> train -> infer -> report). Training and evaluation run the bundles with "
+            "`python -m monai.bundle run` (see each bundle's README)."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_synth_command(subparsers)
     add_infer_command(subparsers)
     add_serve_command(subparsers)
+    add_export_command(subparsers)
     add_demo_command(subparsers)
     return parser
 

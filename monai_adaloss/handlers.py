@@ -1,4 +1,6 @@
-"""AdalossHandler: applies the Adaloss schedule per landmark after every training epoch.
+"""Training handlers: :class:`AdalossHandler` (the Adaloss schedule) and :class:`ModelInfoSaver` (model_info.json).
+
+AdalossHandler applies the Adaloss schedule per landmark after every training epoch.
 
 Works on any Ignite engine, MONAI's ``SupervisedTrainer`` included (its default decollation of the
 outputs does not matter: the handler reads the per-landmark values the loss module keeps).
@@ -15,7 +17,7 @@ from ignite.engine import Engine, Events
 
 from .losses import AdalossHeatmapLoss
 
-__all__ = ["AdalossHandler"]
+__all__ = ["AdalossHandler", "ModelInfoSaver", "PruneEpochCheckpoints"]
 
 
 class AdalossHandler:
@@ -134,3 +136,73 @@ class AdalossHandler:
         if reference is None and sums is not None:  # a checkpoint from before the reference sums existed
             reference = [float("nan")] * len(sums)
         self._reference_sums = None if reference is None else torch.tensor(reference, dtype=torch.float64)
+
+
+class ModelInfoSaver:
+    """Write ``model_info.json`` next to the best model whenever the evaluator's key metric improves.
+
+    Attach it to the validation evaluator together with the best-model ``CheckpointSaver``: both act
+    on the epoch whose key metric is the best so far (``engine.state.best_metric_epoch``), so the
+    JSON describes the weights of ``model.pt`` (same sigma). The file is what ``ckpt_export`` copies
+    into ``model.ts`` (see :mod:`monai_adaloss.export`). Only rank 0 writes.
+
+    Args:
+        model_info: the :class:`~monai_adaloss.model_info.LandmarkModelInfo` (or anything with
+            ``state_dict()``) of the run.
+        save_dir: the folder of ``model.pt``.
+        filename: the file's name.
+    """
+
+    def __init__(self, model_info: Any, save_dir: str, filename: str = "model_info.json") -> None:
+        self.model_info = model_info
+        self.save_dir = save_dir
+        self.filename = filename
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        from .export import write_model_info_json
+
+        best_epoch = getattr(engine.state, "best_metric_epoch", -1)
+        if idist.get_rank() == 0 and best_epoch == engine.state.epoch:
+            write_model_info_json(self.model_info.state_dict(), f"{self.save_dir}/{self.filename}")
+
+
+class PruneEpochCheckpoints:
+    """Keep only the ``n_saved`` most recently written ``checkpoint_epoch=N.pt`` files, also across resumed runs.
+
+    MONAI's ``CheckpointSaver`` counts ``n_saved`` among the files of its own run only, so a resumed run
+    leaves the checkpoint it resumed from (and every earlier run's) behind. Attached after the saver, this
+    deletes the older ones at the end of every epoch. Only rank 0 deletes.
+
+    Args:
+        save_dir: the saver's folder.
+        n_saved: how many of the newest epoch checkpoints to keep (>= 1).
+    """
+
+    def __init__(self, save_dir: str, n_saved: int = 1) -> None:
+        if n_saved < 1:
+            raise ValueError(f"Argument `n_saved` must be >= 1, got {n_saved}.")
+        self.save_dir = save_dir
+        self.n_saved = n_saved
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        import re
+        from pathlib import Path
+
+        if idist.get_rank() != 0:
+            return
+        pattern = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
+        # newest first by write time, not by N: a fresh run's files are newer than stale higher-numbered ones of
+        # an earlier run, and the saver's own files (which it removes itself) are always among the newest
+        found = sorted(
+            (p for p in Path(self.save_dir).glob("checkpoint_epoch=*.pt") if pattern.search(p.name)),
+            key=lambda p: p.stat().st_mtime_ns,
+            reverse=True,
+        )
+        for path in found[self.n_saved :]:
+            path.unlink(missing_ok=True)

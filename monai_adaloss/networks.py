@@ -229,10 +229,12 @@ class _DenseBlock(nn.Module):
         self.out_channels = num_layers * growth_rate + (in_channels if keep_input else 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = [x]
+        features: list[torch.Tensor] = [x]
         for layer in self.layers:
             features.append(layer(torch.cat(features, dim=1)))
-        return torch.cat(features if self.keep_input else features[1:], dim=1)
+        if self.keep_input:
+            return torch.cat(features, dim=1)
+        return torch.cat(features[1:], dim=1)
 
 
 class DenseHeatmapUNet(_SkipConnectionUNet):

@@ -4,8 +4,8 @@
   not shipped with MONAI, and ``monai.bundle.verify_metadata`` downloads it, so the schema's rules are written
   out in ``bundle_checks.py``);
 - train.json through ``ConfigWorkflow(workflow_type="train")``: properties, ``models/model.pt`` (weights-only
-  ``{"model", "model_info"}`` with the sigma of the best epoch, loadable by the inference code), the full
-  checkpoint, sigma in TensorBoard, resuming from the latest checkpoint;
+  ``{"model", "model_info", "checkpointer"}`` with the sigma of the best epoch, loadable by the inference code),
+  ``models/model_info.json``, the full checkpoint, sigma in TensorBoard, resuming from the latest checkpoint;
 - evaluate.json through ``ConfigWorkflow(workflow_type="eval")``;
 - the validation post-processing maps a perfect network-grid prediction back to the original pixels exactly;
 - a clear error when the datalist is missing;
@@ -122,7 +122,8 @@ def test_train_workflow_writes_the_best_model_with_its_sigma(trained: dict[str, 
     assert trained["missing"] == []
     models = trained["root"] / "models"
     model_file = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
-    assert set(model_file) == {"model", "model_info"}
+    # "checkpointer": the best-model saver's record of the best metric (key_metric_save_state), for resuming
+    assert set(model_file) == {"model", "model_info", "checkpointer"}
     info = model_file["model_info"]
     sigma_history = trained["sigma_history"]
     assert sigma_history.shape == (EPOCHS + 1, 1)
@@ -131,6 +132,10 @@ def test_train_workflow_writes_the_best_model_with_its_sigma(trained: dict[str, 
     # validation and the best-model saver run after the handler's sigma update of the same epoch
     assert info["sigma"] == pytest.approx(sigma_history[trained["best_epoch"]].tolist())
     assert info["landmark_names"] == ["tip"] and info["input_size"] == [32, 32]
+    # one pre-processing description: the checkpoint carries train.json's frame transforms, inference applies them
+    assert info["preprocessing"]["transforms"] == [
+        {"_target_": "monai.transforms.Resized", "keys": "image", "spatial_size": [32, 32], "mode": "area"}
+    ]
     model = load_checkpoint(models / "model.pt")  # the inference code rebuilds the network from the model info
     state = model.network.state_dict()
     assert all(torch.equal(state[key], value) for key, value in model_file["model"].items())
@@ -141,7 +146,8 @@ def test_train_workflow_writes_the_best_model_with_its_sigma(trained: dict[str, 
     assert 0.0 <= rate <= trained["metrics"]["val_selection_score"] < rate + 0.5 / 4 + 1e-9  # 4 validation frames
     full = torch.load(latest_checkpoint(models), map_location="cpu", weights_only=True)
     assert Path(latest_checkpoint(models)).name == f"checkpoint_epoch={EPOCHS}.pt"
-    assert {"network", "optimizer", "trainer", "adaloss", "rng", "model_info", "best_model"} <= set(full)
+    assert {"network", "optimizer", "trainer", "adaloss", "rng", "model_info"} <= set(full)
+    assert json.loads((models / "model_info.json").read_text())  # written with model.pt, for ckpt_export
     assert full["model_info"]["sigma"] == pytest.approx(sigma_history[-1].tolist())
     assert torch.tensor(full["adaloss"]["schedule"]["sigma_history"], dtype=torch.float64).equal(sigma_history)
 
@@ -172,6 +178,7 @@ def test_resume_continues_from_the_latest_checkpoint(trained: dict[str, Any], da
     assert history.shape == (EPOCHS + 2, 1)
     assert history[: EPOCHS + 1].tolist() == trained["sigma_history"].tolist()
     assert Path(latest_checkpoint(trained["root"] / "models")).name == f"checkpoint_epoch={EPOCHS + 1}.pt"
+    assert len(list((trained["root"] / "models").glob("checkpoint_epoch=*.pt"))) == 1  # n_saved, also after resuming
 
 
 def test_missing_datalist_says_how_to_make_one(tmp_path: Path) -> None:
@@ -194,6 +201,16 @@ def test_evaluate_workflow(trained: dict[str, Any], dataset_dir: Path) -> None:
     assert all(math.isfinite(metrics[k]) for k in ("val_mean_dist_px", "val_mean_dist_mm", "val_median_dist_px"))
     saved = (trained["root"] / "eval" / "metrics.csv").read_text()
     assert "val_mean_dist_px" in saved and "val_mean_dist_mm" in saved
+
+
+def test_evaluate_takes_size_names_and_network_from_the_model_info(trained: dict[str, Any], dataset_dir: Path) -> None:
+    """No training overrides repeated: evaluate.json reads the tiny model's size and channels from model_info.json."""
+    wf = bundle_workflow(CONFIGS, ["train.json", "evaluate.json"], "eval", trained["root"], dataset_dir, num_workers=0)
+    assert wf.parser.get_parsed_content("input_size") == TINY["input_size"]  # not train.json's default 256
+    wf.run()
+    metrics = wf.parser.get_parsed_content("evaluator").state.metrics
+    wf.finalize()
+    assert math.isfinite(metrics["val_mean_dist_px"])
 
 
 def test_perfect_prediction_maps_back_to_the_original_pixels(tmp_path: Path, dataset_dir: Path) -> None:

@@ -127,7 +127,7 @@ def test_decoding_windows_scale_with_the_input_size(tmp_path: Path, dataset_dir:
 def test_train_workflow_saves_a_multi_instance_model(trained: dict[str, Any]) -> None:
     assert trained["missing"] == []
     model_file = torch.load(trained["root"] / "models" / "model.pt", map_location="cpu", weights_only=True)
-    assert set(model_file) == {"model", "model_info"}
+    assert set(model_file) == {"model", "model_info", "checkpointer"}
     info = model_file["model_info"]
     assert info["landmark_names"] == list(LANDMARK_NAMES) and info["input_size"] == [40, 32]
     assert info["max_instances"] == 3

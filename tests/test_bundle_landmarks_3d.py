@@ -172,4 +172,6 @@ def test_inference_writes_voxel_and_world_points(trained: dict[str, Any], datase
         for name, v, w in zip(VOLUME_LANDMARKS, voxel, world, strict=True):
             assert np.allclose(record["points_voxel"][name], v, atol=0.02), name
             assert np.allclose(record["points_world"][name], w, atol=0.05), name
-            assert record["confidence"][name][0] > 0.5  # the peak of a unit-height target
+            # confidence as `monai-adaloss infer` gives it: the peak relative to a clean training target of the
+            # model's sigma (mean-normalised here, whose peak is above 1), so a unit-height peak scores below 1
+            assert 0.05 < record["confidence"][name][0] < 1.0

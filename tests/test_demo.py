@@ -33,8 +33,9 @@ def test_tiny_demo_writes_every_output(tmp_path: Path, capsys: pytest.CaptureFix
     code = main(["demo", "--tiny", "-o", str(tmp_path), "--threads", "1", "--quiet"])
     printed = capsys.readouterr().out
     results = json.loads((tmp_path / "results.json").read_text())
-    assert code == (0 if results["passed"] else 1)  # 2 epochs on 8 frames need not beat the centre guess
+    assert code == 0 and results["smoke_test"] and results["succeeded"]  # a smoke test: every step ran
     assert "| model |" in printed and "| centre guess |" in printed and "wall time" in printed
+    assert "result: SMOKE TEST DONE: every step ran" in printed and "FAIL" not in printed
     assert (tmp_path / "results.md").read_text().strip() in printed
     tiny = PROFILES["tiny"]
     rows = list(csv.DictReader((tmp_path / "predictions.csv").open()))

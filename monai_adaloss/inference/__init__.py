@@ -18,22 +18,46 @@ files, or :func:`decode_file` + a :class:`LandmarkModel` + :class:`HeatmapDecode
 referenced; records never depend on it).
 """
 
-from .decode import DecodedFile, DecodeFailure, DecodeSettings, decode_file
-from .errors import ExitCode, InferenceConfigError
-from .heatmap_points import HeatmapDecoder
-from .images import ImageReadError
-from .inputs import InputFiles
-from .model import DEFAULT_NETWORK_MODULES, LandmarkModel, build_network, load_checkpoint
-from .outputs import merge_outputs
-from .records import RECORD_FIELDS, network_to_original
-from .runner import InferenceRunner, InferenceSummary
-from .sr import SCOORD_OFFSET, SRSourceError, source_header, write_structured_report
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> submodule; imported on first use (PEP 562), so that importing one light submodule (e.g. the
+# `infer` argument parser in .command) does not import torch and MONAI
+_EXPORTS = {
+    "DEFAULT_NETWORK_MODULES": "model",
+    "DecodeFailure": "decode",
+    "DecodeLandmarksd": "landmarks",
+    "DecodeSettings": "decode",
+    "DecodedFile": "decode",
+    "ExitCode": "errors",
+    "HeatmapDecoder": "heatmap_points",
+    "ImageReadError": "images",
+    "InferenceConfigError": "errors",
+    "InferenceRunner": "runner",
+    "InferenceSummary": "runner",
+    "InputFiles": "inputs",
+    "LandmarkModel": "model",
+    "OnnxNetwork": "model",
+    "RECORD_FIELDS": "records",
+    "SCOORD_OFFSET": "sr",
+    "SRSourceError": "sr",
+    "build_network": "model",
+    "decode_file": "decode",
+    "load_checkpoint": "model",
+    "merge_outputs": "outputs",
+    "network_to_original": "records",
+    "source_header": "sr",
+    "write_structured_report": "sr",
+}
 
 __all__ = [
     "DEFAULT_NETWORK_MODULES",
     "RECORD_FIELDS",
     "SCOORD_OFFSET",
     "DecodeFailure",
+    "DecodeLandmarksd",
     "DecodeSettings",
     "DecodedFile",
     "ExitCode",
@@ -44,6 +68,7 @@ __all__ = [
     "InferenceSummary",
     "InputFiles",
     "LandmarkModel",
+    "OnnxNetwork",
     "SRSourceError",
     "build_network",
     "decode_file",
@@ -53,3 +78,13 @@ __all__ = [
     "source_header",
     "write_structured_report",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -9,9 +9,6 @@ import traceback
 
 from ..tta import TestTimeAugmentation
 from .errors import ExitCode, InferenceConfigError
-from .inputs import InputFiles
-from .outputs import merge_outputs
-from .runner import InferenceRunner
 
 __all__ = ["add_infer_command", "run_infer_command"]
 
@@ -100,6 +97,10 @@ def add_infer_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
 def run_infer_command(args: argparse.Namespace) -> int:
     """Run ``infer`` from parsed arguments, print the summary line, and return the exit code."""
+    from .inputs import InputFiles  # imported here: `monai-adaloss --help` must not import torch
+    from .outputs import merge_outputs
+    from .runner import InferenceRunner
+
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="%(levelname)s %(message)s")
     # pydicom logs every failed decoder plugin with a traceback; the file's reason is in errors.jsonl already
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)

@@ -10,15 +10,19 @@ The checkpoint's ``preprocessing["reader"]`` selects how :func:`decode_file` rea
 - ``"PILReader"`` (MONAI's reader for natural images): one PNG / JPEG frame with ``channels`` 1 or 3
   (:mod:`.images`, intensities ``value / 255``), without spacing or UIDs.
 
-Either way the layout is ``(C, X, Y)`` = (channels, columns, rows) and the frames are resized to the
-model's input size with MONAI's ``Resize``, as the checkpoint's preprocessing says. It runs in a
+Either way the layout is ``(C, X, Y)`` = (channels, columns, rows) and each frame is brought to the
+model's input size by the checkpoint's ``preprocessing["transforms"]``: the bundle's own frame
+transforms, the ones its training used (:mod:`monai_adaloss.frame_transforms`); checkpoints without them
+name a MONAI ``Resize`` mode instead (``resize_mode``, ``anti_aliasing``). It runs in a
 worker process, so that a decoder that crashes takes only that process down (see :mod:`.pool`);
 anything it returns must pickle.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,6 +35,7 @@ from monai.transforms import Resize
 from monai.utils import InterpolateMode
 from pydicom.dataset import Dataset
 
+from ..frame_transforms import build_frame_transforms, check_frame_transform_configs
 from ..io import DEFAULT_MAX_PIXELS, XRayDicomReader, read_all_frames
 from ..model_info import LandmarkModelInfo
 from .errors import InferenceConfigError
@@ -46,7 +51,7 @@ IMAGE_READER = "PILReader"
 
 _NAMING_UID = re.compile(r"[0-9][0-9.]{0,63}")  # a SOP Instance UID that can name output files
 _UID_KEYWORDS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
-_PREPROCESSING_KEYS = ("reader", "apply_voi_lut", "resize_mode", "anti_aliasing", "intensity", "channels")
+_PREPROCESSING_KEYS = ("reader", "apply_voi_lut", "resize_mode", "anti_aliasing", "intensity", "channels", "transforms")
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,8 @@ class DecodeSettings:
         apply_voi_lut: apply the file's VOI LUT/window (``XRayDicomReader``).
         resize_mode: MONAI ``Resize`` interpolation mode (``align_corners`` is left at MONAI's default).
         anti_aliasing: MONAI ``Resize`` anti-aliasing when down-sampling.
+        transforms: the model's frame-transform configs (plain dicts, checked); when given they replace
+            ``resize_mode`` / ``anti_aliasing``.
         max_pixels: files with more than Rows x Columns x NumberOfFrames pixels are rejected.
         keep_header: return the header attributes an SR references (for ``write_sr``; DICOM only).
         keep_display: return the frames at full resolution as uint8 (for overlays).
@@ -75,6 +82,7 @@ class DecodeSettings:
     apply_voi_lut: bool = True
     resize_mode: str = InterpolateMode.AREA.value
     anti_aliasing: bool = False
+    transforms: tuple[dict[str, Any], ...] = ()
     max_pixels: int = DEFAULT_MAX_PIXELS
     keep_header: bool = False
     keep_display: bool = False
@@ -124,6 +132,16 @@ class DecodeSettings:
             )
         if len(info.input_size) != 2:
             raise InferenceConfigError(f"2D frame inference needs a 2D `input_size`, got {list(info.input_size)}.")
+        transforms: tuple[dict[str, Any], ...] = ()
+        if "transforms" in pre:
+            if {"resize_mode", "anti_aliasing"} & set(pre):
+                raise InferenceConfigError(
+                    "The checkpoint's preprocessing has both `transforms` and `resize_mode`/`anti_aliasing`."
+                )
+            try:
+                transforms = tuple(check_frame_transform_configs(pre["transforms"]))
+            except ValueError as err:
+                raise InferenceConfigError(f"The checkpoint's preprocessing: {err}") from err
         mode = str(pre.get("resize_mode", cls.resize_mode))
         if mode not in {m.value for m in InterpolateMode}:
             raise InferenceConfigError(f"The checkpoint's preprocessing `resize_mode` {mode!r} is not a MONAI mode.")
@@ -134,6 +152,7 @@ class DecodeSettings:
             apply_voi_lut=bool(pre.get("apply_voi_lut", True)),
             resize_mode=mode,
             anti_aliasing=bool(pre.get("anti_aliasing", False)),
+            transforms=transforms,
             **kwargs,
         )
 
@@ -220,13 +239,12 @@ def decode_file(path: str, settings: DecodeSettings) -> DecodedFile:
         modalities=settings.modalities,
     )
     frames, meta = read_all_frames(path, reader)  # (F, X, Y) in [0, 1]
-    resize = Resize(settings.input_size, mode=settings.resize_mode, anti_aliasing=settings.anti_aliasing)
-    images = torch.as_tensor(resize(torch.from_numpy(frames))).numpy()  # frames as channels: one Resize per frame
+    images = _to_network_grid(path, frames[:, None], settings)  # (F, 1, *input_size)
     spacing_source = str(meta["spacing_source"])
     spacing = None if spacing_source.startswith("none") else (float(meta["spacing"][0]), float(meta["spacing"][1]))
     return DecodedFile(
         path=path,
-        images=np.ascontiguousarray(images[:, None], dtype=np.float32),
+        images=images,
         original_size=(int(frames.shape[1]), int(frames.shape[2])),
         spacing=spacing,
         spacing_source=spacing_source,
@@ -240,8 +258,7 @@ def decode_file(path: str, settings: DecodeSettings) -> DecodedFile:
 def _decode_image(path: str, settings: DecodeSettings) -> DecodedFile:
     """One PNG / JPEG frame: ``(1, C, *input_size)``, no spacing, empty UIDs."""
     image = read_image(path, settings.channels, settings.max_pixels)  # (C, X, Y) in [0, 1]
-    resize = Resize(settings.input_size, mode=settings.resize_mode, anti_aliasing=settings.anti_aliasing)
-    resized = torch.as_tensor(resize(torch.from_numpy(image))).numpy()
+    resized = _to_network_grid(path, image[None], settings)[0]
     display = None
     if settings.keep_display:
         pixels = np.rint(image * 255.0).astype(np.uint8)
@@ -256,6 +273,35 @@ def _decode_image(path: str, settings: DecodeSettings) -> DecodedFile:
         display=display,
         dicom=False,
     )
+
+
+def _to_network_grid(path: str, frames: np.ndarray, settings: DecodeSettings) -> np.ndarray:
+    """``(F, C, X, Y)`` original frames -> ``(F, C, *input_size)`` float32 network inputs.
+
+    With the model's frame transforms (each frame as ``{"image": (C, X, Y)}``), else MONAI ``Resize``.
+
+    Raises:
+        ValueError: the frame transforms do not give the model's input size.
+    """
+    if not settings.transforms:
+        resize = Resize(settings.input_size, mode=settings.resize_mode, anti_aliasing=settings.anti_aliasing)
+        out = [torch.as_tensor(resize(torch.from_numpy(frame))).numpy() for frame in frames]
+    else:
+        pipeline = _frame_pipeline(json.dumps(settings.transforms))
+        out = [torch.as_tensor(pipeline({"image": torch.from_numpy(frame)})["image"]).numpy() for frame in frames]
+    images = np.ascontiguousarray(np.stack(out), dtype=np.float32)
+    if tuple(images.shape[2:]) != tuple(settings.input_size):
+        raise ValueError(
+            f"`{path}`: the model's frame transforms give frames of {list(images.shape[2:])}, "
+            f"not its input size {list(settings.input_size)}"
+        )
+    return images
+
+
+@functools.lru_cache(maxsize=4)
+def _frame_pipeline(transforms_json: str) -> Callable[[dict], dict]:
+    """The frame transforms of a (checked) JSON config list, built once per worker process."""
+    return build_frame_transforms(json.loads(transforms_json))
 
 
 def _sr_source_header(path: str) -> Dataset:

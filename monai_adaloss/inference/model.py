@@ -1,6 +1,14 @@
 """Load a trained landmark model from its checkpoint: network, model info and identity.
 
-The checkpoint is a dict loaded with ``torch.load(path, weights_only=True)`` (no pickled code):
+Three forms load (:func:`load_checkpoint` picks by the file's suffix):
+
+- ``.pt``: the bundle's checkpoint (below);
+- ``.ts``: a TorchScript archive with the extra file ``model_info.json`` (``ckpt_export``, see
+  :mod:`monai_adaloss.export`); no network config is built;
+- ``.onnx``: an ONNX model with the ``model_info`` metadata property, run by onnxruntime on the CPU
+  (the ``onnx`` extra) through :class:`OnnxNetwork`.
+
+The ``.pt`` checkpoint is a dict loaded with ``torch.load(path, weights_only=True)`` (no pickled code):
 ``{"model": network.state_dict(), "model_info": LandmarkModelInfo.state_dict(), ...}`` (training
 checkpoints hold more entries; they are ignored). The network is rebuilt from
 ``model_info["network"]``, a MONAI-config-style dict, with ``monai.bundle.ConfigParser``. Because a
@@ -27,7 +35,14 @@ from torch import nn
 from ..model_info import LandmarkModelInfo
 from .errors import InferenceConfigError
 
-__all__ = ["DEFAULT_NETWORK_MODULES", "LandmarkModel", "build_network", "load_checkpoint"]
+__all__ = [
+    "DEFAULT_NETWORK_MODULES",
+    "LandmarkModel",
+    "OnnxNetwork",
+    "build_network",
+    "check_frame_model",
+    "load_checkpoint",
+]
 
 DEFAULT_NETWORK_MODULES: tuple[str, ...] = ("monai_adaloss.networks", "monai.networks.nets")
 """Modules whose classes and functions a checkpoint's ``model_info["network"]`` may name."""
@@ -93,6 +108,12 @@ def load_checkpoint(
     path = Path(checkpoint)
     if not path.is_file():
         raise InferenceConfigError(f"Checkpoint `{path}` does not exist.")
+    if path.suffix.lower() in (".ts", ".onnx"):
+        if network is not None:
+            raise InferenceConfigError(
+                f"`{path}` holds its own network; a `network` is only loaded from a `.pt` checkpoint."
+            )
+        return _load_exported(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -139,6 +160,93 @@ def build_network(
     if not isinstance(network, nn.Module):
         raise InferenceConfigError(f"The model info's network config built a {type(network).__name__}, not a Module.")
     return network
+
+
+class OnnxNetwork(nn.Module):
+    """An ONNX landmark model run by onnxruntime on the CPU, called like the network it was exported from.
+
+    ``forward(image (B, C, *input_size)) -> heatmaps (B, L, *input_size)`` (float32, on the input's
+    device). The session is created on first use, so the module pickles and moves (``.to``) freely.
+
+    Args:
+        path: the ``.onnx`` file.
+        threads: onnxruntime intra-op threads (0: its default).
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int = 0) -> None:
+        super().__init__()
+        self.path = str(path)
+        self.threads = threads
+        self._session: Any = None
+
+    def _get_session(self) -> Any:
+        if self._session is None:
+            try:
+                import onnxruntime
+            except ImportError as err:
+                raise InferenceConfigError(
+                    f"Running `{self.path}` needs onnxruntime: pip install 'monai_adaloss[onnx]'."
+                ) from err
+            options = onnxruntime.SessionOptions()
+            if self.threads:
+                options.intra_op_num_threads = self.threads
+            self._session = onnxruntime.InferenceSession(
+                self.path, sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        return self._session
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        session = self._get_session()
+        feed = {session.get_inputs()[0].name: image.detach().float().cpu().contiguous().numpy()}
+        return torch.from_numpy(session.run(None, feed)[0]).to(image.device)
+
+
+def _load_exported(path: Path) -> LandmarkModel:
+    """A ``.ts`` or ``.onnx`` model with the model info it carries."""
+    from ..export import read_onnx_model_info, read_torchscript_model_info
+
+    network: nn.Module
+    try:
+        if path.suffix.lower() == ".ts":
+            network, state = read_torchscript_model_info(path)
+        else:
+            state = read_onnx_model_info(path)
+            network = OnnxNetwork(path)
+    except ImportError as err:
+        raise InferenceConfigError(
+            f"Loading `{path}` needs the `onnx` extra: pip install 'monai_adaloss[onnx]' ({err})."
+        ) from err
+    except Exception as err:
+        raise InferenceConfigError(f"Cannot load `{path}`: {err}") from err
+    try:
+        info = LandmarkModelInfo.from_state_dict(state)
+    except (ValueError, TypeError, KeyError) as err:
+        raise InferenceConfigError(f"`{path}` carries an invalid model info: {err}") from err
+    return LandmarkModel(network=network.eval(), info=info, checkpoint=str(path.absolute()), sha256=_sha256(path))
+
+
+def check_frame_model(info: LandmarkModelInfo, source: str) -> None:
+    """Refuse, saying why, a model that the 2D frame runner cannot apply: run its bundle's ``inference.json``.
+
+    The batch runner reads DICOM or PNG/JPEG frames and only resizes them. A volume model (3D input
+    size), a model whose input is a crop around a given face box (``crop_margin``: the box comes from
+    annotation points), and one with another pre-processing (the hand X-ray model: per-image min-max,
+    longest side resized and zero-padded) run with their bundle's ``inference.json`` instead.
+
+    Raises:
+        InferenceConfigError: naming the reason and the command that runs the model.
+    """
+    pre = info.preprocessing
+    command = "python -m monai.bundle run --config_file <bundle>/configs/inference.json --bundle_root <bundle>"
+    reason = None
+    if len(info.input_size) != 2:
+        reason = f"it is a {len(info.input_size)}D model (input size {list(info.input_size)}); infer reads 2D frames"
+    elif "crop_margin" in pre:
+        reason = "its input is a crop around a face box given by annotation points (.pts), which infer has not"
+    elif {"resize", "pad"} & set(pre):
+        reason = f"its pre-processing ({pre.get('resize')}; {pre.get('pad')}) is not infer's resize-only pipeline"
+    if reason is not None:
+        raise InferenceConfigError(f"`{source}` cannot run under monai-adaloss infer: {reason}. Run: {command}")
 
 
 def _model_info(path: Path, state: Mapping[str, Any]) -> LandmarkModelInfo:

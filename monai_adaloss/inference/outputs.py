@@ -107,8 +107,8 @@ class PartWriter:
         if (directory / MANIFEST).exists() or (directory / RUN_INFO).exists():
             if not resume:
                 raise InferenceConfigError(
-                    f"`{directory}` already holds an inference run; pass --resume to continue it, or choose "
-                    "another output folder."
+                    f"`{directory}` already holds an inference run; pass --resume (`--resume True` for a bundle run) "
+                    "to continue it, or choose another output folder."
                 )
             self._check_same_model()
             self._clean()

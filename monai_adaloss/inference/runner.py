@@ -45,7 +45,7 @@ from .decode import DecodedFile, DecodeFailure, DecodeFn, DecodeSettings, decode
 from .errors import ExitCode, InferenceConfigError
 from .heatmap_points import HeatmapDecoder
 from .inputs import InputFiles
-from .model import DEFAULT_NETWORK_MODULES, LandmarkModel, load_checkpoint
+from .model import DEFAULT_NETWORK_MODULES, LandmarkModel, check_frame_model, load_checkpoint
 from .outputs import ERRORS, RECORDS, SUMMARY, PartWriter, merge_outputs, part_dirs, read_done
 from .overlays import write_overlays
 from .pool import DecodePool, Outcome
@@ -56,6 +56,10 @@ from .sr import source_header, sr_file_name, write_structured_report
 __all__ = ["FileTracker", "InferenceRunner", "InferenceSummary", "infer_outcomes"]
 
 logger = logging.getLogger(__name__)
+
+
+_LOG_EVERY = 100
+"""Without a progress bar (output not a terminal), one progress line per this many files."""
 
 
 @dataclass
@@ -211,6 +215,7 @@ class InferenceRunner:
         """Infer every input file of this process's shard and write the outputs; see the module docstring."""
         started = time.perf_counter()
         model = load_checkpoint(self.checkpoint, self.network, self.network_modules)
+        check_frame_model(model.info, str(self.checkpoint))
         settings = DecodeSettings.from_model_info(
             model.info, keep_header=self.write_sr, keep_display=self.write_overlays, modalities=self.modalities
         )
@@ -228,7 +233,8 @@ class InferenceRunner:
             part = self.output_dir if group.world_size == 1 else self.output_dir / f"part-{group.rank}"
             if not self.resume and (part_dirs(self.output_dir) or (self.output_dir / SUMMARY).exists()):
                 raise InferenceConfigError(
-                    f"`{self.output_dir}` already holds inference outputs; pass --resume to continue that run, "
+                    f"`{self.output_dir}` already holds inference outputs; pass --resume to continue that run "
+                    "(`--resume True` for `python -m monai.bundle run` of a bundle's inference.json), "
                     "or choose another output folder."
                 )
             group.barrier()  # every rank has looked before any rank writes
@@ -274,6 +280,8 @@ class InferenceRunner:
         tracker = _FileTracker(writer, model, self.output_dir, self.write_sr, self.write_overlays, summary)
         use_amp = self.amp and device.type == "cuda"
         show = sys.stderr.isatty() if self.progress is None else self.progress
+        log_lines = self.progress is None and not show  # output to a file or pipe: a line per _LOG_EVERY files
+        logged = 0
         with (
             DecodePool(self.decode_fn, settings, self.num_workers, self.decode_timeout) as pool,
             tqdm(unit="frame", disable=not show, desc="infer", dynamic_ncols=True) as bar,
@@ -286,6 +294,11 @@ class InferenceRunner:
             ):
                 bar.update(frames)
                 bar.set_postfix(files=f"{summary.succeeded + summary.failed}/{len(todo)}", failed=summary.failed)
+                done = summary.succeeded + summary.failed
+                if log_lines and done // _LOG_EVERY > logged // _LOG_EVERY:
+                    logged = done
+                    print(f"infer: {done}/{len(todo)} files ({summary.failed} failed), {summary.frames} frames",
+                          file=sys.stderr, flush=True)  # fmt: skip
 
     def _retry_missing_srs(self, model: LandmarkModel, writer: PartWriter, summary: InferenceSummary) -> None:
         """Write the SR of every file of this part that has records but no SR (killed before it, or it failed)."""

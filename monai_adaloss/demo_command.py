@@ -1,0 +1,100 @@
+"""The ``synth`` and ``demo`` sub-commands' arguments; the heavy modules are imported when a command runs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import replace
+
+from .demo_profiles import BUNDLE_NAME, DEFAULT_DATASET_DIR, PROFILES
+
+__all__ = ["add_demo_command", "add_synth_command"]
+
+
+def add_synth_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``synth`` to the ``monai-adaloss`` sub-commands."""
+    parser = subparsers.add_parser(
+        "synth",
+        help="write a synthetic fluoroscopy DICOM dataset with a datalist",
+        description=(
+            "Write synthetic X-ray fluoroscopy DICOM files (one catheter tip per frame) and datalist.json "
+            f"(training / validation / test). The default output is the `dataset_dir` of the {BUNDLE_NAME} "
+            "bundle when it is run from this folder."
+        ),
+    )
+    parser.add_argument("--output-dir", "-o", default=DEFAULT_DATASET_DIR, help=f"default {DEFAULT_DATASET_DIR}")
+    parser.add_argument("--n-train", type=int, default=300, help="training frames (default 300)")
+    parser.add_argument("--n-val", type=int, default=60, help="validation frames (default 60)")
+    parser.add_argument("--n-test", type=int, default=60, help="test frames (default 60)")
+    parser.add_argument("--size", type=int, default=256, help="frame rows and columns (default 256)")
+    parser.add_argument("--seed", type=int, default=0, help="the same seed writes the same files (default 0)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_run_synth_command)
+    return parser
+
+
+def _run_synth_command(args: argparse.Namespace) -> int:
+    from .demo import make_synthetic_dataset
+
+    path = make_synthetic_dataset(
+        args.output_dir, args.n_train, args.n_val, args.n_test, args.size, args.seed, progress=not args.quiet
+    )
+    print(f"monai-adaloss synth: {args.n_train}/{args.n_val}/{args.n_test} frames, datalist {path}")
+    return 0
+
+
+def add_demo_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``demo`` to the ``monai-adaloss`` sub-commands."""
+    parser = subparsers.add_parser(
+        "demo",
+        help="synthetic data -> train the catheter bundle on the CPU -> infer on the test DICOMs -> report",
+        description=(
+            f"Generate synthetic fluoroscopy DICOMs, train the {BUNDLE_NAME} bundle (configs/train.json with a "
+            "CPU-sized profile), infer on the test DICOMs, and report tip errors against guessing the image centre. "
+            "Exits 1 when the model is not better than the centre guess; --tiny is a smoke test of every step "
+            "(exit 0 when all ran). Progress bars only on a terminal; otherwise one line per epoch."
+        ),
+    )
+    parser.add_argument("--output-dir", "-o", default="runs/demo", help="default runs/demo")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu", help="sizes (default cpu)")
+    parser.add_argument("--tiny", dest="profile", action="store_const", const="tiny", help="same as --profile tiny")
+    parser.add_argument("--epochs", type=int, help="override the profile's epochs")
+    parser.add_argument("--n-train", type=int, help="override the profile's training frames")
+    parser.add_argument("--input-size", type=int, help="override the profile's network input size")
+    parser.add_argument("--batch-size", type=int, help="override the profile's training batch size")
+    parser.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: at most 2)")
+    parser.add_argument(
+        "--tta", action="store_true", help="test-time augmentation at inference (4-px shifts and flips, combined)"
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    parser.set_defaults(func=_run_demo_command)
+    return parser
+
+
+def _run_demo_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from .demo import run_demo
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads or min(2, os.cpu_count() or 1))
+    overrides = {
+        "epochs": args.epochs,
+        "n_train": args.n_train,
+        "input_size": args.input_size,
+        "batch_size": args.batch_size,
+    }
+    profile = replace(PROFILES[args.profile], **{k: v for k, v in overrides.items() if v is not None})
+    try:
+        report = run_demo(
+            args.output_dir, profile, seed=args.seed, progress=not args.quiet and sys.stderr.isatty(), tta=args.tta
+        )
+    except FileExistsError as err:
+        print(f"monai-adaloss demo: {err}")
+        return 2
+    print(report.table())
+    print("outputs: " + ", ".join(f"{k} {v}" for k, v in report.outputs.items()))
+    return 0 if report.succeeded else 1

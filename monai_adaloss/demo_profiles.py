@@ -1,0 +1,73 @@
+"""The demo's sizes and names, importable without torch (the ``monai-adaloss`` argument parser needs them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["BUNDLE_NAME", "DEFAULT_DATASET_DIR", "PROFILES", "DemoProfile"]
+
+BUNDLE_NAME = "catheter_tip_fluoro"
+DEFAULT_DATASET_DIR = "data/catheter_tip_fluoro"
+
+
+@dataclass(frozen=True)
+class DemoProfile:
+    """Sizes of a demo run.
+
+    Attributes:
+        n_train, n_val, n_test: frames per split.
+        frame_size: the synthetic frames are ``frame_size`` x ``frame_size`` pixels.
+        input_size: the network's input grid is ``input_size`` x ``input_size`` (sigma_0 = input_size / 4).
+        channels: U-Net feature channels per level (the bundle's ``network_channels``; five levels
+            give ``catheter_context_unet`` a receptive field of 173 px, wider than the input).
+        epochs: training epochs (validation after each).
+        batch_size: training batch size.
+        network: factory in :mod:`monai_adaloss.networks` that builds the network from
+            ``in_channels``, ``out_channels`` and ``channels`` (the bundle's default, the paper's
+            ``catheter_unet``, or ``catheter_context_unet``).
+        smoke_test: the profile only checks that every step runs (too small to learn): its result is
+            "every step ran", not a comparison with the centre guess, and the command exits 0.
+    """
+
+    n_train: int
+    n_val: int
+    n_test: int
+    frame_size: int
+    input_size: int
+    channels: tuple[int, ...]
+    epochs: int
+    batch_size: int = 8
+    network: str = "catheter_unet"
+    smoke_test: bool = False
+
+
+PROFILES: dict[str, DemoProfile] = {
+    "cpu": DemoProfile(
+        n_train=400, n_val=40, n_test=60, frame_size=256, input_size=128, channels=(8, 16, 32), epochs=30, batch_size=4
+    ),
+    "context": DemoProfile(
+        n_train=400,
+        n_val=40,
+        n_test=60,
+        frame_size=256,
+        input_size=128,
+        channels=(8, 16, 32, 64, 128),
+        epochs=30,
+        batch_size=4,
+        network="catheter_context_unet",
+    ),
+    "tiny": DemoProfile(
+        n_train=8,
+        n_val=4,
+        n_test=4,
+        frame_size=64,
+        input_size=32,
+        channels=(4, 8, 16),
+        epochs=2,
+        batch_size=4,
+        smoke_test=True,
+    ),
+}
+"""``cpu``: the measured ten-minute profile (the paper's three-level U-Net; docs/accuracy.md);
+``context``: the same with the five-level ``catheter_context_unet`` (receptive field 173 px; measured
+worse, docs/accuracy.md); ``tiny``: a smoke test of every step."""

@@ -1,0 +1,58 @@
+"""The bundles' shipped configs are generated from one shared base plus a per-bundle overlay (``bundles/_source``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from monai_adaloss.bundle_configs import JSON_FILES, deep_merge, generate, main, mismatches, split_common
+
+BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
+
+
+def test_shipped_configs_equal_the_generated_ones() -> None:
+    assert mismatches(BUNDLES) == []
+    assert main(["--check", "--bundles-dir", str(BUNDLES)]) == 0
+
+
+def test_the_common_structure_lives_once_in_the_base() -> None:
+    base = json.loads((BUNDLES / "_source" / "base" / "train.json").read_text())
+    # the training/evaluation skeleton every bundle shares
+    assert base["train"]["trainer"]["_target_"] == "monai.engines.SupervisedTrainer"
+    assert base["validate"]["evaluator"]["_target_"] == "monai.engines.SupervisedEvaluator"
+    assert base["train"]["checkpoint_saver"]["_target_"] == "monai.handlers.CheckpointSaver"
+    for name in {p.parent.parent.name for p in BUNDLES.glob("*/configs/metadata.json")}:
+        overlay = json.loads((BUNDLES / "_source" / name / "train.json").read_text())
+        assert "trainer" not in overlay.get("train", {}), name
+    multi_gpu = {(BUNDLES / "_source" / n / "multi_gpu_train.json").read_text() for n in ("catheter_tip_fluoro",)}
+    assert multi_gpu == {"{}\n"}  # the multi-GPU overlay is the same for every bundle
+
+
+def test_a_changed_source_is_detected(tmp_path: Path) -> None:
+    copy = tmp_path / "bundles"
+    for path in BUNDLES.rglob("*"):
+        if path.is_file() and ("configs" in path.parts or "_source" in path.parts):
+            target = copy / path.relative_to(BUNDLES)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+    base = copy / "_source" / "base" / "train.json"
+    content = json.loads(base.read_text())
+    content["seed"] = 1
+    base.write_text(json.dumps(content))
+    found = mismatches(copy)
+    assert len(found) == len({p.parent.parent for p in copy.glob("*/configs/metadata.json")})
+    assert main(["--write", "--bundles-dir", str(copy)]) == 0
+    assert mismatches(copy) == []
+    assert json.loads((copy / "catheter_tip_fluoro" / "configs" / "train.json").read_text())["seed"] == 1
+    assert set(generate(copy)) >= {copy / "landmarks_3d" / "configs" / f for f in JSON_FILES}
+
+
+def test_split_and_merge_round_trip() -> None:
+    configs = [
+        {"a": 1, "b": {"x": [1], "y": 2}, "c": "only here"},
+        {"a": 1, "b": {"x": [1], "y": 3}},
+        {"b": {"x": [1], "y": 2}, "a": 1},
+    ]
+    common, rests = split_common(configs)
+    assert common == {"a": 1, "b": {"x": [1]}}
+    assert [deep_merge(common, rest) for rest in rests] == configs
