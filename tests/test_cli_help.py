@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -23,16 +22,13 @@ print("HEAVY", heavy)
 
 
 @pytest.mark.parametrize("command", [(), *((c,) for c in SUB_COMMANDS)])
-def test_help_imports_no_heavy_module_and_answers_within_1_5_s(command: tuple[str, ...]) -> None:
-    started = time.perf_counter()
+def test_help_imports_no_heavy_module(command: tuple[str, ...]) -> None:
     result = subprocess.run(
         [sys.executable, "-c", _CHECK, *command, "--help"], capture_output=True, text=True, timeout=60, check=False
     )
-    elapsed = time.perf_counter() - started
     assert result.returncode == 0, result.stderr
     assert "HEAVY []" in result.stdout, result.stdout[-500:]
     assert "usage: monai-adaloss" in result.stdout
-    assert elapsed < 1.5, elapsed
 
 
 def test_top_level_help_lists_the_sub_commands_that_exist() -> None:

@@ -6,8 +6,8 @@ import argparse
 import logging
 import sys
 import traceback
+from typing import Any
 
-from ..tta import TestTimeAugmentation
 from .errors import ExitCode, InferenceConfigError
 
 __all__ = ["add_infer_command", "run_infer_command"]
@@ -132,9 +132,7 @@ def run_infer_command(args: argparse.Namespace) -> int:
             progress=False if args.quiet else None,
             decode_timeout=args.decode_timeout,
             modalities=None if args.modalities is None else args.modalities.split(","),
-            tta=None
-            if args.tta is None
-            else TestTimeAugmentation(flip_axes=(0, 1) if args.tta == "shifts-flips" else ()),
+            tta=None if args.tta is None else _test_time_augmentation(args.tta),
         )
         summary = runner.run()
     except InferenceConfigError as err:
@@ -149,3 +147,10 @@ def run_infer_command(args: argparse.Namespace) -> int:
         return int(ExitCode.ABORTED)
     print(summary.line())
     return int(summary.exit_code)
+
+
+def _test_time_augmentation(kind: str) -> Any:
+    """The ``--tta`` option as a :class:`~monai_adaloss.tta.TestTimeAugmentation` (imported here: it needs torch)."""
+    from ..tta import TestTimeAugmentation
+
+    return TestTimeAugmentation(flip_axes=(0, 1) if kind == "shifts-flips" else ())

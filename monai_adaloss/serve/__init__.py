@@ -7,17 +7,32 @@ state), :mod:`.scp` (the Storage SCP), :mod:`.worker` (inference), :mod:`.sender
 See ``docs/dicom_node.md``.
 """
 
-from .node import DicomNode, NodeConfig
-from .policy import IMAGE_STORAGE_SOP_CLASSES, modality_refusal, parse_modalities
-from .sender import CStoreDestination, StowDestination, parse_destination
+from __future__ import annotations
 
-__all__ = [
-    "IMAGE_STORAGE_SOP_CLASSES",
-    "CStoreDestination",
-    "DicomNode",
-    "NodeConfig",
-    "StowDestination",
-    "modality_refusal",
-    "parse_destination",
-    "parse_modalities",
-]
+import importlib
+from typing import Any
+
+# name -> submodule; imported on first use (PEP 562), so that the `serve` argument parser in .command
+# does not import pydicom, pynetdicom and torch
+_EXPORTS = {
+    "IMAGE_STORAGE_SOP_CLASSES": "policy",
+    "CStoreDestination": "sender",
+    "DicomNode": "node",
+    "NodeConfig": "node",
+    "StowDestination": "sender",
+    "modality_refusal": "policy",
+    "parse_destination": "sender",
+    "parse_modalities": "policy",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -9,11 +9,12 @@ import ssl
 import sys
 import threading
 import traceback
+from typing import TYPE_CHECKING
 
 from ..inference.errors import ExitCode, InferenceConfigError
-from .node import DicomNode, NodeConfig
-from .policy import parse_modalities
-from .sender import StowDestination, parse_destination
+
+if TYPE_CHECKING:  # the node, the policy and the senders import pydicom / pynetdicom / torch: only when it runs
+    from .node import DicomNode, NodeConfig
 
 __all__ = ["add_serve_command", "run_serve_command"]
 
@@ -112,6 +113,10 @@ def build_config(args: argparse.Namespace) -> NodeConfig:
     Raises:
         InferenceConfigError: a value is out of range or malformed.
     """
+    from .node import NodeConfig
+    from .policy import parse_modalities
+    from .sender import StowDestination, parse_destination
+
     if not 0 < args.port < 65536:
         raise InferenceConfigError(f"--port must be 1..65535, got {args.port}.")
     if not 0 < len(args.ae_title.strip()) <= 16:
@@ -149,6 +154,8 @@ def run_serve_command(args: argparse.Namespace) -> int:
     )
     for noisy in ("pynetdicom", "highdicom"):  # their INFO lines are per message / per attribute module
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from .node import DicomNode
+
     stop = threading.Event()
     node: DicomNode | None = None
     try:
