@@ -41,12 +41,10 @@ from pydicom.uid import ExplicitVRLittleEndian, XRayAngiographicImageStorage, ge
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 import orthanc_support as osup
+from infer_throughput import save_checkpoint  # this folder is sys.path[0] when the script runs
 
 from monai_adaloss.inference import InferenceRunner
-from monai_adaloss.model_info import LandmarkModelInfo
-from monai_adaloss.networks import catheter_unet
 
-NETWORK = {"_target_": "monai_adaloss.networks.catheter_unet", "in_channels": 1, "out_channels": 1}
 _LOG_LINE = re.compile(
     r"^(\S+ \S+) INFO monai_adaloss\.serve\.(?:scp|sender): (received|sent SR) (\S+)(?: \(source (\S+)\))?"
 )
@@ -78,16 +76,6 @@ def write_files(folder: Path, count: int, size: int = 512) -> list[Path]:
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
-
-
-def save_checkpoint(path: Path, size: int) -> Path:
-    torch.manual_seed(0)
-    info = LandmarkModelInfo(
-        ["tip"], [size, size], NETWORK, {"reader": "XRayDicomReader", "apply_voi_lut": True, "resize_mode": "bilinear"},
-        sigma=[5.0],
-    )  # fmt: skip
-    torch.save({"model": catheter_unet().state_dict(), "model_info": info.state_dict()}, path)
-    return path
 
 
 def log_times(log: str) -> tuple[dict[str, float], dict[str, float]]:
