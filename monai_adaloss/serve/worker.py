@@ -28,13 +28,13 @@ from typing import Any
 import torch
 from monai.inferers import SimpleInferer
 
-from ..inference.decode import DecodeSettings, _sr_source_header, decode_file
+from ..inference.decode import DecodeSettings, decode_file
 from ..inference.heatmap_points import HeatmapDecoder
 from ..inference.model import LandmarkModel
 from ..inference.outputs import RECORDS, PartWriter
 from ..inference.pool import DecodePool
 from ..inference.runner import FileTracker, InferenceSummary, infer_outcomes
-from ..inference.sr import sr_file_name, write_structured_report
+from ..inference.sr import source_header, sr_file_name
 from .spool import Spool
 from .status import Counters
 
@@ -219,13 +219,7 @@ class InferenceWorker(threading.Thread):
         for path in finished:
             if str(path) in ok:
                 try:
-                    header = _sr_source_header(str(path))
-                    tracker = self._tracker()
-                    if hasattr(tracker, "write_sr"):  # a runner with an SR step of its own (name, UID, stage log)
-                        tracker.write_sr(str(path), header, records[str(path)])
-                    else:
-                        write_structured_report(self.spool.sr_dir, header, records[str(path)],
-                                                self.model.info.landmark_names, self.model.sha256)  # fmt: skip
+                    self._tracker().write_sr(str(path), source_header(str(path)), records[str(path)])
                     logger.info("resuming: SR of %s written again from its committed records", path.name)
                 except Exception as err:  # the records stay; the SR of this instance cannot be made
                     logger.warning("resuming: cannot write the SR of %s: %s: %s", path.name, type(err).__name__, err)
