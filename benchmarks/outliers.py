@@ -50,6 +50,7 @@ from monai_adaloss.io import LoadDicomFrame
 from monai_adaloss.io.hand_xray import HAND_XRAY_LANDMARKS, hand_xray_datalist
 from monai_adaloss.losses import AdalossHeatmapLoss
 from monai_adaloss.networks import HeatmapUNet, SpatialConfigurationNet
+from monai_adaloss.schedules import make_schedule
 from monai_adaloss.tta import TestTimeAugmentation
 
 HAND_OUTLIER_PX = 20.0
@@ -163,6 +164,8 @@ def hand_parser(args: argparse.Namespace, seed: int) -> ConfigParser:
                 "keys": "image",
                 "prob": 1.0,
                 "translate_range": [args.translate, args.translate],
+                "rotate_range": [args.rotate],
+                "scale_range": [args.scale, args.scale],
                 "padding_mode": "zeros",
                 "mode": "bilinear",
             },
@@ -180,10 +183,10 @@ def hand_parser(args: argparse.Namespace, seed: int) -> ConfigParser:
     return parser
 
 
-def make_network(name: str) -> torch.nn.Module:
+def make_network(name: str, norm: str = "batch", **scn: int) -> torch.nn.Module:
     num = len(HAND_XRAY_LANDMARKS)
     if name == "scn":
-        return SpatialConfigurationNet(2, 1, num, channels=(16, 32, 64, 128))
+        return SpatialConfigurationNet(2, 1, num, channels=(16, 32, 64, 128), norm=norm, **scn)
     if name == "unet":  # the bundle's network before this benchmark
         return HeatmapUNet(2, 1, num, channels=(8, 16, 32, 64, 128), kernel_size=5)
     if name == "unet_coord":
@@ -192,12 +195,16 @@ def make_network(name: str) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def hand_predict(network, dataset, postprocessing, tta: TestTimeAugmentation | None) -> tuple[np.ndarray, np.ndarray]:
-    """Errors ``(N, L)`` in PNG pixels and confidence ``(N, L)`` (the decoder's peak value, or the TTA confidence)."""
+def hand_predict(
+    network, dataset, postprocessing, tta: TestTimeAugmentation | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Errors ``(N, L)`` in PNG pixels, confidence ``(N, L)`` (the decoder's peak value, or the TTA confidence)
+    and ``(N, L)`` the index of the true landmark nearest to each prediction (a landmark "swapped" with
+    another one answers on its neighbour: nearest != own index)."""
     from monai_adaloss.decoding import decode_single_instance
 
     network.eval()
-    errors, confidence = [], []
+    errors, confidence, nearest = [], [], []
     for start in range(0, len(dataset), 4):
         indices = range(start, min(start + 4, len(dataset)))
         batch = list_data_collate([dataset[i] for i in indices])
@@ -217,28 +224,42 @@ def hand_predict(network, dataset, postprocessing, tta: TestTimeAugmentation | N
             pred_png, true_png = data["pred_points_original"].as_tensor(), data["label_points_original"].as_tensor()
             errors.append(torch.linalg.vector_norm(pred_png - true_png, dim=-1)[:, 0].double().numpy())
             confidence.append(torch.as_tensor(data["pred_confidence"]).reshape(-1).double().numpy())
-    return np.stack(errors), np.stack(confidence)
+            distances = torch.cdist(pred_png[:, 0].double(), true_png[:, 0].double()).nan_to_num(math.inf)
+            nearest.append(distances.argmin(dim=1).numpy())
+    return np.stack(errors), np.stack(confidence), np.stack(nearest)
 
 
 def hand_train(args: argparse.Namespace, seed: int, train_ds, val_ds, postprocessing, log) -> tuple:
     torch.manual_seed(seed)
     np.random.seed(seed)
     train_ds.transform.set_random_state(seed=seed)
-    network = make_network(args.network)
+    scn = {"sc_downsample": args.sc_downsample, "sc_kernel_size": args.sc_kernel, "sc_layers": args.sc_layers}
+    network = make_network(args.network, args.norm, **(scn if args.network == "scn" else {}))
     num = len(HAND_XRAY_LANDMARKS)
-    schedule = AdalossSchedule.for_spatial_shape([128, 128], num)  # the package's defaults
-    loss = AdalossHeatmapLoss(schedule, normalize="mean")
-    optimizer = torch.optim.Adam(network.parameters(), lr=args.lr)
+    if args.schedule == "default":
+        schedule = AdalossSchedule.for_spatial_shape([128, 128], num)  # the package's defaults
+    else:
+        schedule = make_schedule(args.schedule, [128, 128], num, **dict(args.schedule_arg))
+    loss = AdalossHeatmapLoss(schedule, normalize=None if args.normalize == "none" else args.normalize)
+    groups = [{"params": list(network.parameters())}]
+    if list(loss.parameters()):  # learned sigma: log sigma in its own group
+        groups.append({"params": list(loss.parameters()), "lr": args.learned_lr})
+    optimizer = torch.optim.Adam(groups, lr=args.lr)
     loader = DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, num_workers=0,
                         generator=torch.Generator().manual_seed(seed))  # fmt: skip
     steps = args.epochs * len(loader)
     lr_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=args.lr / 100)
     best, best_state, best_epoch = math.inf, None, 0
+    budget_end = time.perf_counter() + 60 * args.budget_min if args.budget_min else math.inf
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
+        if start > budget_end:
+            log(f"seed {seed}: training budget of {args.budget_min} min spent after {epoch - 1} epochs")
+            break
         network.train()
         sums = torch.zeros(num, dtype=torch.float64)
         counts = torch.zeros_like(sums)
+        references = torch.zeros_like(sums)
         for batch in loader:
             optimizer.zero_grad(set_to_none=True)
             value = loss(network(batch["image"].as_tensor()), batch["label"].as_tensor())
@@ -247,9 +268,10 @@ def hand_train(args: argparse.Namespace, seed: int, train_ds, val_ds, postproces
             lr_schedule.step()
             sums += loss.last_channel_sums.double()
             counts += loss.last_channel_counts.double()
-        sigma_used = float(loss.sigma.median())
-        schedule.update(sums / counts)
-        errors, _ = hand_predict(network, val_ds, postprocessing, None)
+            references += loss.last_channel_reference_sums.double()
+        sigma_used = float(schedule.sigma.median())
+        schedule.update(sums / counts, references / counts)
+        errors, _, _ = hand_predict(network, val_ds, postprocessing, None)
         rate = float(np.mean(~(errors <= HAND_OUTLIER_PX)))
         median = float(np.nanmedian(errors))
         score = rate + 0.5 / errors.size * median / (median + HAND_OUTLIER_PX)
@@ -289,20 +311,23 @@ def hand(args: argparse.Namespace) -> None:
         torch.save({"model": network.state_dict(), "network": args.network}, out / f"{args.network}_seed{seed}.pt")
         for mode in ("plain", "tta"):
             tta = TestTimeAugmentation() if mode == "tta" else None  # shifts only: no flip in training
-            val_err, val_conf = hand_predict(network, val_ds, postprocessing, tta)
+            val_err, val_conf, _ = hand_predict(network, val_ds, postprocessing, tta)
             threshold = choose_confidence_threshold(val_conf.ravel(), val_err.ravel(), HAND_OUTLIER_PX)
-            errors, conf = hand_predict(network, test_ds, postprocessing, tta)
+            errors, conf, nearest = hand_predict(network, test_ds, postprocessing, tta)
+            swapped = nearest != np.arange(errors.shape[1])[None, :]
             wrong = ~(errors <= HAND_OUTLIER_PX)
             flagged = conf < threshold
             rows.append(
                 {
                     "network": args.network,
+                    "schedule": " ".join([args.schedule, *(f"{k}={v}" for k, v in args.schedule_arg)]),
                     "seed": seed,
                     "inference": mode,
                     "epochs": args.epochs,
                     "best_epoch": best_epoch,
                     "final_sigma_median": float(schedule.sigma.median()),
                     **statistics(errors.ravel(), conf.ravel(), HAND_OUTLIER_PX, (2 * HAND_SCALE, 4 * HAND_SCALE)),
+                    "swapped_rate": float(swapped.mean()),
                     "threshold": threshold,
                     "flagged_wrong": f"{int((flagged & wrong).sum())}/{int(wrong.sum())}",
                     "flagged_right": f"{int((flagged & ~wrong).sum())}/{int((~wrong).sum())}",
@@ -311,7 +336,8 @@ def hand(args: argparse.Namespace) -> None:
             )
             points += [
                 {"seed": seed, "inference": mode, "image": i, "landmark": HAND_XRAY_LANDMARKS[j],
-                 "error_png_px": float(errors[i, j]), "confidence": float(conf[i, j])}
+                 "error_png_px": float(errors[i, j]), "confidence": float(conf[i, j]),
+                 "nearest_true_landmark": HAND_XRAY_LANDMARKS[int(nearest[i, j])]}
                 for i in range(errors.shape[0]) for j in range(errors.shape[1])
             ]  # fmt: skip
         write_table(rows, out, "hand X-ray test split (21 images x 37 landmarks), errors in PNG px (longer side 512)")
@@ -319,6 +345,14 @@ def hand(args: argparse.Namespace) -> None:
             writer = csv.DictWriter(handle, fieldnames=list(points[0]))
             writer.writeheader()
             writer.writerows(points)
+
+
+def _key_value(text: str) -> tuple[str, float | str]:
+    key, _, value = text.partition("=")
+    try:
+        return key, float(value)
+    except ValueError:
+        return key, value
 
 
 def main() -> None:
@@ -336,6 +370,21 @@ def main() -> None:
     hand_cmd.add_argument("--batch-size", type=int, default=4)
     hand_cmd.add_argument("--lr", type=float, default=1e-3)
     hand_cmd.add_argument("--translate", type=float, default=8.0, help="random translation, px of the 128 grid")
+    hand_cmd.add_argument(
+        "--schedule", default="default", help="'default' (AdalossSchedule's defaults) or a make_schedule name"
+    )
+    hand_cmd.add_argument(
+        "--schedule-arg", type=_key_value, nargs="*", default=[], help="make_schedule keyword arguments, key=value"
+    )
+    hand_cmd.add_argument("--rotate", type=float, default=0.0, help="random rotation in the affine, radians")
+    hand_cmd.add_argument("--scale", type=float, default=0.0, help="random scale in the affine, fraction")
+    hand_cmd.add_argument("--sc-downsample", type=int, default=4, help="SCN: pooling of the configuration branch")
+    hand_cmd.add_argument("--sc-kernel", type=int, default=7, help="SCN: kernel of the configuration branch")
+    hand_cmd.add_argument("--sc-layers", type=int, default=3, help="SCN: convolutions of the configuration branch")
+    hand_cmd.add_argument("--normalize", choices=("none", "peak", "mean"), default="mean", help="target scaling")
+    hand_cmd.add_argument("--norm", default="batch", help="normalisation of the SCN's local-appearance U-Net")
+    hand_cmd.add_argument("--learned-lr", type=float, default=5e-2, help="learning rate of a learned sigma")
+    hand_cmd.add_argument("--budget-min", type=float, default=None, help="stop training after this many minutes")
     for cmd in (cath, hand_cmd):
         cmd.add_argument("--output-dir", type=Path, required=True)
         cmd.add_argument("--threads", type=int, default=2)
