@@ -1,7 +1,7 @@
 """The endoscopic_tool_landmarks MONAI bundle on tiny synthetic laparoscopic PNG frames, and PNG/JPEG inference.
 
-- metadata.json against the mandatory keys and types of MONAI's bundle schema (the rules written out in
-  ``test_bundle_catheter``), and full dotted ``_target_`` paths in every config;
+- metadata.json against MONAI's bundle schema (offline copy in ``tests/data``), and full dotted ``_target_``
+  paths in every config;
 - train.json through ``ConfigWorkflow(workflow_type="train")`` for 2 epochs on 64x80 frames (40x32 input,
   4-8-16 channels): properties, ``models/model.pt`` (``{"model", "model_info"}`` with K_max > 1 and the
   multi-instance decoding arguments), per-clasper-type validation metrics, F1 as the key metric;

@@ -4,7 +4,7 @@ The six sample faces (four 300-VW frames with ``.pts`` files, two 300-W PNGs who
 ``.pts``) are laid out as a tiny 300-W root, one face per sub-folder: ``train`` = lfpw/trainset + helen/trainset +
 afw (3 faces: 2 train, 1 validation with ``validation_every=3``), ``common`` = 2, ``challenging`` = 1, ``full`` = 3.
 
-- metadata.json against the mandatory keys of MONAI's bundle schema;
+- metadata.json against MONAI's bundle schema (offline copy in ``tests/data``);
 - train.json through ``ConfigWorkflow(workflow_type="train")`` for 1 epoch at 32x32 (Dense U-Net, 68 landmarks):
   properties, ``models/model.pt`` with 68 per-landmark sigmas, NME metrics;
 - evaluate.json through ``ConfigWorkflow(workflow_type="eval")`` on the ``full`` split;

@@ -3,7 +3,7 @@
 - ``hand_xray_datalist`` on the shared folder (``../shared/data/hand_xray`` next to the checkout): split
   counts 91 / 21 / 21, all 37 landmarks in order, coordinates exactly those of ``landmarks.csv``, sizes of
   ``images.csv``, and errors naming the file when the folder is broken (on copies in ``tmp_path``);
-- metadata.json against MONAI's mandatory keys (the checks of ``test_bundle_catheter.py``);
+- metadata.json against MONAI's bundle schema (offline copy in ``tests/data``);
 - train.json through ``ConfigWorkflow(workflow_type="train")`` on 4 training / 2 validation real images at
   a tiny size (32x32 grid, 3 levels): properties, ``models/model.pt`` with 37 sigmas, errors in file
   pixels about 16 x errors in grid pixels (512 -> 32), points following resize + pad exactly;
@@ -147,7 +147,7 @@ def test_to_source_pixels_keeps_pixel_centres() -> None:
 # ------------------------------------------------------------------------------------------------ metadata
 
 
-def test_metadata_has_the_mandatory_keys() -> None:
+def test_metadata_follows_the_bundle_schema() -> None:
     meta = json.loads((CONFIGS / "metadata.json").read_text())
     check_metadata_schema(meta)
     nd = meta["network_data_format"]

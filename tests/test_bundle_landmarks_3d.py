@@ -1,6 +1,6 @@
 """The landmarks_3d MONAI bundle on tiny synthetic NIfTI volumes (32x32x20 voxels, tilted, 24^3 grid, 4-8-16 channels).
 
-- metadata.json against the mandatory keys of MONAI's bundle schema (the rules of ``test_bundle_catheter``);
+- metadata.json against MONAI's bundle schema (offline copy in ``tests/data``);
 - train.json through ``ConfigWorkflow(workflow_type="train")`` for 2 epochs: properties, ``models/model.pt``
   with the model info (6 landmarks, per-landmark sigma, mean-normalised targets), metrics in mm and voxels;
 - evaluate.json through ``ConfigWorkflow(workflow_type="eval")``;
