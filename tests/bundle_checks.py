@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft201909Validator
 from monai.bundle import ConfigWorkflow
+
+from monai_adaloss.export import read_model_info_json, write_model_info_json
 
 SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
 """Where MONAI's bundle metadata schema is published (also https://project-monai.github.io/schema/meta_schema_20240725.json)."""
@@ -63,6 +66,44 @@ def train_and_summarise(
         "metrics": dict(evaluator.state.metrics),
         "trainer_metrics": dict(wf.parser.get_parsed_content("train::trainer").state.metrics),
         **(also(wf) if also is not None else {}),
+    }
+    wf.finalize()
+    return result
+
+
+def evaluate_as_trained(
+    configs: Path,
+    trained_root: Path,
+    dataset_dir: Path,
+    bundle_root: Path,
+    change_info: Callable[[dict[str, Any]], None] | None = None,
+    read: Sequence[str] = (),
+    **data_override: Any,
+) -> dict[str, Any]:
+    """Run ``evaluate.json`` on a trained bundle's model with none of the training overrides repeated.
+
+    ``trained_root/models`` is copied to ``bundle_root/models``; ``change_info`` may edit the copied
+    ``model_info.json`` first (to set a value that differs from both train.json's default and the test's
+    training run). ``data_override`` only says where the data is (``eval_split``, ``num_workers``...).
+    Returns ``input_shapes`` (the spatial shape of every network input of the run), ``metrics``,
+    ``missing`` (``check_properties()``) and the parsed value of every config id in ``read``.
+    """
+    shutil.copytree(trained_root / "models", bundle_root / "models")
+    if change_info is not None:
+        info = read_model_info_json(bundle_root / "models" / "model_info.json")
+        change_info(info)
+        write_model_info_json(info, bundle_root / "models" / "model_info.json")
+    wf = bundle_workflow(configs, ["train.json", "evaluate.json"], "eval", bundle_root, dataset_dir, **data_override)
+    missing = wf.check_properties()
+    shapes: list[tuple[int, ...]] = []
+    network = wf.parser.get_parsed_content("network")
+    network.register_forward_pre_hook(lambda _module, args: shapes.append(tuple(args[0].shape[2:])))
+    wf.run()
+    result = {
+        "input_shapes": set(shapes),
+        "metrics": dict(wf.parser.get_parsed_content("evaluator").state.metrics),
+        "missing": missing,
+        **{key: wf.parser.get_parsed_content(key) for key in read},
     }
     wf.finalize()
     return result

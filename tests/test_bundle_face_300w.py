@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import torch
-from bundle_checks import bundle_workflow, check_metadata_schema, train_and_summarise
+from bundle_checks import bundle_workflow, check_metadata_schema, evaluate_as_trained, train_and_summarise
 from monai.data import decollate_batch, list_data_collate
 from monai.engines.utils import engine_apply_transform
 from monai.transforms import ApplyTransformToPoints
@@ -137,6 +137,23 @@ def test_evaluate_workflow_on_the_full_split(trained: dict[str, Any], root_300w:
     wf.finalize()
     assert math.isfinite(metrics["val_nme_inter_ocular"]) and math.isfinite(metrics["val_nme_inter_pupil"])
     assert "val_nme_inter_ocular" in (trained["root"] / "eval" / "metrics.csv").read_text()
+
+
+def test_evaluate_takes_size_network_and_crop_from_the_model_info(
+    trained: dict[str, Any], root_300w: Path, tmp_path: Path
+) -> None:
+    """No training override repeated: the 32x32 input and the 4/4 dense U-Net of the trained model, and the face
+    crop margin its (copied, edited) model_info.json says: 0.4, where train.json's default is 0.25."""
+
+    def change(info: dict[str, Any]) -> None:
+        info["preprocessing"]["crop_margin"] = 0.4
+
+    read = ("input_size", "crop_margin")
+    result = evaluate_as_trained(CONFIGS, trained["root"], root_300w, tmp_path, change, read, num_workers=0)
+    assert result["missing"] == []
+    assert result["input_shapes"] == {(32, 32)}  # train.json's default is 256x256
+    assert (result["input_size"], result["crop_margin"]) == ([32, 32], 0.4)
+    assert result["metrics"] and all(math.isfinite(v) for v in result["metrics"].values())
 
 
 def test_perfect_prediction_maps_back_to_the_pts_points(tmp_path: Path, root_300w: Path) -> None:

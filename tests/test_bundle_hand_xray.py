@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import torch
-from bundle_checks import bundle_workflow, check_metadata_schema, train_and_summarise
+from bundle_checks import bundle_workflow, check_metadata_schema, evaluate_as_trained, train_and_summarise
 from monai.data import decollate_batch, list_data_collate
 from monai.engines.utils import engine_apply_transform
 
@@ -255,3 +255,14 @@ def test_evaluate_and_inference_workflows(trained: dict[str, Any], dataset_dir: 
         for values, size in ((row[1::2], width), (row[2::2], height)):
             margin = (side - size) / 2 + side / 32  # padding, plus one network cell of refinement
             assert all(-0.5 - margin <= float(v) <= size - 0.5 + margin for v in values)
+
+
+def test_evaluate_takes_size_and_network_from_the_model_info(
+    trained: dict[str, Any], dataset_dir: Path, tmp_path: Path
+) -> None:
+    """No training override repeated: the 32x32 input and 4-8-16 channels of the trained model."""
+    result = evaluate_as_trained(CONFIGS, trained["root"], dataset_dir, tmp_path, read=("input_size",), num_workers=0)
+    assert result["missing"] == []
+    assert result["input_shapes"] == {(32, 32)}  # train.json's default is 128x128
+    assert result["input_size"] == [32, 32]
+    assert math.isfinite(result["metrics"]["val_mean_dist_px"])
