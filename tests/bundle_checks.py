@@ -107,3 +107,34 @@ def evaluate_as_trained(
     }
     wf.finalize()
     return result
+
+
+def write_tiny_300w(root: Path, samples: Path) -> Path:
+    """A 300-W folder layout under ``root`` with one face of ``shared/data/faces_300w_samples`` per sub-folder.
+
+    ``lfpw/trainset``, ``helen/trainset`` and ``afw`` make the training split, ``lfpw/testset`` and
+    ``helen/testset`` the common subset, ``ibug`` the challenging one; each image has its 68-point ``.pts``.
+    """
+    vw = samples / "300vw"
+    coco = json.loads((samples / "300w" / "test_300w.json").read_text())
+    names = {image["id"]: image["file_name"] for image in coco["images"]}
+    pngs = {names[a["image_id"]]: [a["keypoints"][i : i + 2] for i in range(0, 204, 3)] for a in coco["annotations"]}
+    faces = {
+        "lfpw/trainset": vw / "001" / "imgs" / "000006.jpg",
+        "helen/trainset": vw / "001" / "imgs" / "000009.jpg",
+        "afw": samples / "300w" / "indoor_020.png",
+        "lfpw/testset": vw / "401" / "imgs" / "000731.jpg",
+        "helen/testset": vw / "401" / "imgs" / "000732.jpg",
+        "ibug": samples / "300w" / "indoor_029.png",
+    }
+    for folder, image in faces.items():
+        target = root / folder
+        target.mkdir(parents=True)
+        shutil.copy(image, target / image.name)
+        if image.suffix == ".png":
+            points = pngs[image.name]
+            body = "\n".join(f"{x} {y}" for x, y in points)
+            (target / f"{image.stem}.pts").write_text(f"version: 1\nn_points: {len(points)}\n{{\n{body}\n}}\n")
+        else:
+            shutil.copy(image.parent.parent / "annot" / f"{image.stem}.pts", target / f"{image.stem}.pts")
+    return root

@@ -18,13 +18,18 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from bundle_checks import bundle_workflow, check_metadata_schema, evaluate_as_trained, train_and_summarise
+from bundle_checks import (
+    bundle_workflow,
+    check_metadata_schema,
+    evaluate_as_trained,
+    train_and_summarise,
+    write_tiny_300w,
+)
 from monai.data import decollate_batch, list_data_collate
 from monai.engines.utils import engine_apply_transform
 from monai.transforms import ApplyTransformToPoints
@@ -53,36 +58,10 @@ TINY = {
 }
 
 
-def write_pts(path: Path, points: list[list[float]]) -> None:
-    body = "\n".join(f"{x} {y}" for x, y in points)
-    path.write_text(f"version: 1\nn_points: {len(points)}\n{{\n{body}\n}}\n")
-
-
 @pytest.fixture(scope="module")
 def root_300w(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 300-W folder layout with one sample face per sub-folder."""
-    root = tmp_path_factory.mktemp("300W")
-    vw = SAMPLES / "300vw"
-    coco = json.loads((SAMPLES / "300w" / "test_300w.json").read_text())
-    names = {image["id"]: image["file_name"] for image in coco["images"]}
-    pngs = {names[a["image_id"]]: [a["keypoints"][i : i + 2] for i in range(0, 204, 3)] for a in coco["annotations"]}
-    faces = {
-        "lfpw/trainset": vw / "001" / "imgs" / "000006.jpg",
-        "helen/trainset": vw / "001" / "imgs" / "000009.jpg",
-        "afw": SAMPLES / "300w" / "indoor_020.png",
-        "lfpw/testset": vw / "401" / "imgs" / "000731.jpg",
-        "helen/testset": vw / "401" / "imgs" / "000732.jpg",
-        "ibug": SAMPLES / "300w" / "indoor_029.png",
-    }
-    for folder, image in faces.items():
-        target = root / folder
-        target.mkdir(parents=True)
-        shutil.copy(image, target / image.name)
-        if image.suffix == ".png":
-            write_pts(target / f"{image.stem}.pts", pngs[image.name])
-        else:
-            shutil.copy(image.parent.parent / "annot" / f"{image.stem}.pts", target / f"{image.stem}.pts")
-    return root
+    return write_tiny_300w(tmp_path_factory.mktemp("300W"), SAMPLES)
 
 
 def workflow(config_files: list[str], workflow_type: str, bundle_root: Path, dataset_dir: Path, **override: Any):
