@@ -11,6 +11,10 @@ trained model. What the test changes in the text is listed per bundle in ``Bundl
 sizes of the data snippets, and the example paths such as ``/data/300W`` that stand for the reader's own data);
 each of those strings must occur in the README, so a changed README cannot silently skip it. Blocks that
 use the bundle-relative ``configs/`` or ``models/`` run in the bundle folder, as their README says.
+
+The bundles' documents in ``docs/`` (``endoscopy.md``, ``hand_xray.md``, ``landmarks_3d.md``) hold benchmark
+commands that run for minutes to an hour; each is marked ``LONG`` in the document, and the test runs it as
+written with the script's tiny arguments (``LongDoc.scripts``, e.g. 1 epoch, a 32-pixel grid, 4-8-16 channels).
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from bundle_checks import write_tiny_300w
 
 from monai_adaloss.bundles import bundle_path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
 SHIM = Path(__file__).resolve().parent / "doc_command_shim.py"
 TINY_COMMON = {
     "--network_channels": "[4,8,16]",
@@ -176,6 +181,29 @@ def test_the_shim_overrides_training_runs_only() -> None:
     torchrun = command("torchrun", train, tiny)
     assert torchrun[1:3] == ["-m", "torch.distributed.run"] and torchrun[3].startswith("--master_port=")
     assert torchrun[4:] == command("python", train, tiny)[1:]
+    script = ["benchmarks/x.py", "--channels", "8", "16", "32", "--epochs", "40", "--fixed-sigmas", "--threads", "1"]
+    tiny_script = {"benchmarks/x.py": {"--channels": ["4", "8"], "--epochs": "1", "--fixed-sigmas": ["2"]}}
+    assert command("python", script, {}, tiny_script)[1:] == [
+        "benchmarks/x.py", "--channels", "4", "8", "--epochs", "1", "--fixed-sigmas", "2", "--threads", "1"
+    ]  # fmt: skip
+    assert command("python", script, {}, {})[1:] == script
+
+
+def replaced(path: Path, replace: dict[str, str], tmp: Path) -> str:
+    """The text of ``path`` with each ``replace`` key (which must occur) replaced by its value."""
+    text = path.read_text(encoding="utf-8")
+    for old, new in replace.items():
+        assert old in text, f"{path}: `{old}` is gone; update the test's tiny replacement"
+        text = text.replace(old, new.format(tmp=tmp))
+    return text
+
+
+def run_blocks(doc: Path, text: str, env: dict[str, str], cwd: Callable[[str], Path]) -> None:
+    """Run every block of ``text`` in order (bash blocks with ``-e -o pipefail``), in ``cwd(code)``."""
+    for lang, code in blocks(text):
+        argv = ["bash", "-e", "-o", "pipefail", "-c", code] if lang == "bash" else ["python", "-c", code]
+        done = subprocess.run(argv, cwd=cwd(code), env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, f"{doc}:\n{code}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda b: b.name)
@@ -183,10 +211,7 @@ def test_bundle_readme_commands_run_as_written(bundle: Bundle, tmp_path: Path) -
     if bundle.needs is not None and not bundle.needs.is_dir():
         pytest.skip(f"{bundle.needs} not found")
     readme = bundle_path(bundle.name) / "docs" / "README.md"
-    text = readme.read_text(encoding="utf-8")
-    for old, new in bundle.replace.items():
-        assert old in text, f"{readme}: `{old}` is gone; update the test's tiny replacement"
-        text = text.replace(old, new.format(tmp=tmp_path))
+    text = replaced(readme, bundle.replace, tmp_path)
     folder = tmp_path / "bundles" / bundle.name
     shutil.copytree(bundle_path(bundle.name), folder, ignore=shutil.ignore_patterns("models", "eval", "predictions"))
     if bundle.prepare is not None:
@@ -197,22 +222,118 @@ def test_bundle_readme_commands_run_as_written(bundle: Bundle, tmp_path: Path) -
         "OMP_NUM_THREADS": "1",
         "DOC_TRAIN_OVERRIDES": json.dumps(bundle.train_overrides),
     }
-    found = blocks(text)
-    assert any(lang == "bash" and "monai.bundle run" in code for lang, code in found), readme
-    for lang, code in found:
-        in_bundle = re.search(r"(?<![\w/.-])(configs|models)/", code) is not None
-        argv = ["bash", "-e", "-o", "pipefail", "-c", code] if lang == "bash" else ["python", "-c", code]
-        done = subprocess.run(
-            argv,
-            cwd=folder if in_bundle else tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        assert done.returncode == 0, (
-            f"{readme.name} of {bundle.name}:\n{code}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
-        )
+    assert any(lang == "bash" and "monai.bundle run" in code for lang, code in blocks(text)), readme
+
+    def cwd(code: str) -> Path:
+        return folder if re.search(r"(?<![\w/.-])(configs|models)/", code) else tmp_path
+
+    run_blocks(readme, text, env, cwd)
     missing = [path for path in bundle.expect if not (tmp_path / path).exists()]
+    assert not missing, missing
+
+
+# ---------------------------------------------------------------------------------- long commands of docs/
+
+LONG = "<!-- long-running: tests/test_bundle_readme_commands.py runs this command with tiny arguments -->\n```bash"
+"""What a document writes before a command that runs for minutes: the test runs it with the tiny arguments."""
+
+
+@dataclass
+class LongDoc:
+    """A document of ``docs/`` whose commands are long benchmark runs, and their tiny arguments."""
+
+    name: str
+    scripts: dict[str, dict[str, str | list[str]]]
+    """Script -> its tiny arguments (``{tmp}`` is the run folder)."""
+    expect: tuple[str, ...]
+    replace: dict[str, str] = field(default_factory=dict)
+    needs: Path | None = None
+    prepare: Callable[[Path], None] | None = None
+
+
+LONG_DOCS = [
+    LongDoc(
+        "endoscopy.md",
+        {
+            "benchmarks/endoscopy_eval.py": {
+                "--n-train": "6",
+                "--n-val": "2",
+                "--n-test": "2",
+                "--frame-size": ["64", "80"],
+                "--input-size": ["40", "32"],
+                "--channels": ["4", "8", "16"],
+                "--epochs": "1",
+                "--batch-size": "2",
+            }
+        },
+        ("endo_bench/results.md",),
+        replace={"/tmp/endo/bench": "{tmp}/endo_bench"},
+    ),
+    LongDoc(
+        "hand_xray.md",
+        {
+            "benchmarks/hand_xray_adaloss.py": {
+                "--size": "32",
+                "--epochs": "1",
+                "--channels": ["4", "8", "16"],
+                "--batch-size": "2",
+                "--fixed-sigmas": ["2"],
+            }
+        },
+        (
+            "benchmarks_out/hand_xray/results.md",
+            "benchmarks_out/hand_xray_adaloss100/results.md",
+            "docs/images/hand_xray_sigma.png",
+        ),
+        replace={"../shared/data/hand_xray": "{tmp}/hand_xray_folder"},
+        needs=SHARED / "hand_xray",
+        prepare=_tiny_hand_xray,
+    ),
+    LongDoc(
+        "landmarks_3d.md",
+        {
+            "benchmarks/landmarks_3d_figure.py": {
+                "--n-train": "4",
+                "--n-val": "2",
+                "--n-test": "2",
+                "--shape": ["32", "32", "20"],
+                "--spacing": ["1.2", "1.2", "2.5"],
+                "--shift": ["0", "0", "0"],
+                "--input-size": ["24", "24", "24"],
+                "--channels": ["4", "8", "16"],
+                "--epochs": "1",
+                "--threads": "1",
+                "--output-dir": "{tmp}/landmarks_3d",
+                "--figure": "{tmp}/landmarks_3d.png",
+            }
+        },
+        ("landmarks_3d/results.json", "landmarks_3d.png"),
+    ),
+]
+
+
+@pytest.mark.parametrize("doc", LONG_DOCS, ids=lambda d: d.name)
+def test_long_doc_commands_run_with_tiny_arguments(doc: LongDoc, tmp_path: Path) -> None:
+    """The benchmark commands of a bundle's document, from a folder where ``benchmarks/`` is the checkout's."""
+    if doc.needs is not None and not doc.needs.is_dir():
+        pytest.skip(f"{doc.needs} not found")
+    path = ROOT / "docs" / doc.name
+    text = replaced(path, doc.replace, tmp_path)
+    assert text.count(LONG) == text.count("```bash") > 0, f"{path}: mark every long command with {LONG!r}"
+    (tmp_path / "benchmarks").symlink_to(ROOT / "benchmarks", target_is_directory=True)
+    if doc.prepare is not None:
+        doc.prepare(tmp_path)
+    scripts = {
+        script: {k: v.format(tmp=tmp_path) if isinstance(v, str) else v for k, v in values.items()}
+        for script, values in doc.scripts.items()
+    }
+    assert all(script in text for script in scripts), path
+    env = {
+        **os.environ,
+        "PATH": shim_path(tmp_path / ".bin"),
+        "OMP_NUM_THREADS": "1",
+        "DOC_SCRIPT_OVERRIDES": json.dumps(scripts),
+    }
+    run_blocks(path, text, env, lambda _code: tmp_path)
+    missing = [p for p in doc.expect if not (tmp_path / p).exists()]
     assert not missing, missing
