@@ -337,3 +337,58 @@ def test_long_doc_commands_run_with_tiny_arguments(doc: LongDoc, tmp_path: Path)
     run_blocks(path, text, env, lambda _code: tmp_path)
     missing = [p for p in doc.expect if not (tmp_path / p).exists()]
     assert not missing, missing
+
+
+# ------------------------------------------------------------------------------------------ docs/inference.md
+
+INFERENCE_DOC_REPLACE = {
+    "/data/exports": "{tmp}/data/catheter_tip_fluoro/test",
+    "/data/more/IM0001": "{tmp}/more/IM0001",
+    "/data/results": "{tmp}/results/{{block}}",
+    "/shared/results": "{tmp}/shared_results",
+    "-c model.pt": "-c models/model.pt",
+}
+"""The example paths of docs/inference.md: the reader's exports, one more file, results, and their model.
+
+The command, the Python API and the bundle run are three ways to do the same: each gets its own results folder.
+"""
+
+
+def test_inference_doc_commands_run_as_written(tmp_path: Path) -> None:
+    """docs/inference.md's command, Python API, bundle run and torchrun scale-out on a tiny catheter model.
+
+    The model: synthetic frames (``monai-adaloss synth``) and the catheter bundle's ``train.json`` for 1 epoch
+    at 32x32 with 4-8-16 channels, in a copy of the bundle; ``worklist.txt`` lists one more frame.
+    """
+    path = ROOT / "docs" / "inference.md"
+    text = replaced(path, INFERENCE_DOC_REPLACE, tmp_path)
+    folder = tmp_path / "bundles" / "catheter_tip_fluoro"
+    shutil.copytree(bundle_path("catheter_tip_fluoro"), folder, ignore=shutil.ignore_patterns("models", "eval"))
+    env = {**os.environ, "PATH": shim_path(tmp_path / ".bin"), "OMP_NUM_THREADS": "1"}
+    synth = ["monai-adaloss", "synth", "--n-train", "4", "--n-val", "2", "--n-test", "3", "--size", "64", "--quiet"]
+    train = [
+        "python", "-m", "monai.bundle", "run", "--config_file", "bundles/catheter_tip_fluoro/configs/train.json",
+        "--bundle_root", "bundles/catheter_tip_fluoro", "--input_size", "[32,32]", "--network_channels", "[4,8,16]",
+        "--num_workers", "0", "--train_batch_size", "2", "--val_batch_size", "2", "--max_epochs", "1",
+    ]  # fmt: skip
+    for argv in (synth, train):
+        done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, f"{argv}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    frames = sorted((tmp_path / "data" / "catheter_tip_fluoro" / "test").iterdir())
+    (tmp_path / "more").mkdir()
+    shutil.copy(frames[0], tmp_path / "more" / "IM0001")
+    (tmp_path / "listed").mkdir()
+    shutil.copy(frames[1], tmp_path / "listed" / "IM0002")
+    (tmp_path / "worklist.txt").write_text(f"{tmp_path / 'listed' / 'IM0002'}\n")
+
+    def cwd(code: str) -> Path:
+        return folder if re.search(r"(?<![\w/.-])(configs|models)/", code) else tmp_path
+
+    found = blocks(text)
+    assert sum("{block}" in code for _, code in found) == 3
+    for index, (lang, code) in enumerate(found):
+        run_blocks(path, f"```{lang}\n{code.replace('{block}', str(index))}```\n", env, cwd)
+    # the command: the test folder, one more file and the worklist's file; the API and the bundle: the folder
+    counts = [len((tmp_path / "results" / str(i) / "records.jsonl").read_text().splitlines()) for i in (0, 1, 2)]
+    assert counts == [len(frames) + 2, len(frames), len(frames)]
+    assert list((tmp_path / "shared_results").glob("part-*"))
