@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from monai_adaloss.bundle_configs import JSON_FILES, deep_merge, generate, main, mismatches, split_common
@@ -89,3 +93,21 @@ def test_handlers_have_ids_and_the_multi_gpu_overlay_uses_them() -> None:
     multi_gpu = json.loads((BUNDLES / "_source" / "base" / "multi_gpu_train.json").read_text())
     assert multi_gpu["is_main_process"] == "$dist.get_rank() == 0"
     assert not [key for key in multi_gpu if "handlers" in key]
+
+
+def test_the_readme_commands_round_trip_on_a_copy(tmp_path: Path) -> None:
+    """bundles/README.md's three commands, each on a copy of the bundles (``--bundles-dir``), in its order."""
+    block = re.findall(r"```bash\n(.*?)```", (BUNDLES / "README.md").read_text(), flags=re.S)[0]
+    commands = [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
+    assert [c[-1] for c in commands] == ["--write", "--extract", "--check"]
+    copy = tmp_path / "bundles"
+    shutil.copytree(BUNDLES, copy, ignore=shutil.ignore_patterns("models", "eval", "predictions"))
+    for argv in commands:
+        assert argv[:3] == ["python", "-m", "monai_adaloss.bundle_configs"], argv
+        done = subprocess.run([sys.executable, *argv[1:], "--bundles-dir", str(copy)], capture_output=True, text=True)
+        assert done.returncode == 0, f"{argv}\n{done.stdout}\n{done.stderr}"
+    assert mismatches(copy) == []
+    for shipped in BUNDLES.glob("*/configs/*.json"):
+        assert json.loads((copy / shipped.relative_to(BUNDLES)).read_text()) == json.loads(shipped.read_text())
+    for source in (BUNDLES / "_source").glob("*/*.json"):  # extracting the shipped configs gives the sources back
+        assert json.loads((copy / source.relative_to(BUNDLES)).read_text()) == json.loads(source.read_text()), source
