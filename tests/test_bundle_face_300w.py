@@ -136,7 +136,9 @@ def test_evaluate_takes_size_network_and_crop_from_the_model_info(
 
 
 def test_perfect_prediction_maps_back_to_the_pts_points(tmp_path: Path, root_300w: Path) -> None:
-    wf = workflow(["train.json", "evaluate.json"], "eval", tmp_path, root_300w, **{**TINY, "input_size": [48, 48]})
+    # no trained model here: the values evaluate.json would read from its model info are given
+    overrides = {**TINY, "input_size": [48, 48], "crop_margin": 0.25}
+    wf = workflow(["train.json", "evaluate.json"], "eval", tmp_path, root_300w, **overrides)
     dataset = wf.parser.get_parsed_content("validate::dataset")
     postprocessing = wf.parser.get_parsed_content("validate::postprocessing")
     batch = list_data_collate([dataset[i] for i in range(len(dataset))])
