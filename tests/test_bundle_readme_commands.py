@@ -12,9 +12,10 @@ sizes of the data snippets, and the example paths such as ``/data/300W`` that st
 each of those strings must occur in the README, so a changed README cannot silently skip it. Blocks that
 use the bundle-relative ``configs/`` or ``models/`` run in the bundle folder, as their README says.
 
-The bundles' documents in ``docs/`` (``endoscopy.md``, ``hand_xray.md``, ``landmarks_3d.md``) hold benchmark
-commands that run for minutes to an hour; each is marked ``LONG`` in the document, and the test runs it as
-written with the script's tiny arguments (``LongDoc.scripts``, e.g. 1 epoch, a 32-pixel grid, 4-8-16 channels).
+The bundles' documents in ``docs/`` (``endoscopy.md``, ``hand_xray.md``, ``landmarks_3d.md``), ``adaloss.md`` and
+``annotation_noise.md`` hold benchmark commands that run for minutes to hours; each is marked ``LONG`` in the
+document, and the test runs it as written with the script's tiny arguments (``LongDoc.scripts``, e.g. 1 epoch, a
+32-pixel grid, 4-8-16 channels). ``docs/inference.md`` runs on a tiny catheter model.
 """
 
 from __future__ import annotations
@@ -308,6 +309,28 @@ LONG_DOCS = [
             }
         },
         ("landmarks_3d/results.json", "landmarks_3d.png"),
+    ),
+    LongDoc(
+        "adaloss.md",
+        {"benchmarks/adaloss_adaptivity.py": {"--quick": [], "--seeds": ["0"], "--epochs": "2", "--threads": "1"}},
+        ("benchmarks_out/adaloss_adaptivity.jsonl", "benchmarks_out/adaloss_adaptivity.md", "docs/images/adaptivity"),
+    ),
+    LongDoc(
+        "annotation_noise.md",
+        {
+            "benchmarks/annotation_noise_study.py": {
+                "--seeds": ["0"],
+                "--noise-px": ["0", "3"],
+                "--frame-size": "64",
+                "--size": "32",
+                "--n-train": "8",
+                "--n-test": "4",
+                "--epochs": "1",
+                "--channels": ["4", "8"],
+                "--batch-size": "4",
+            }
+        },
+        ("benchmarks_out/noise_study",),
     ),
 ]
 
