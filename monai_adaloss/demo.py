@@ -293,9 +293,8 @@ def _train(
         num_workers=0,
         seed=seed,
         progress_bar=progress,
+        log_stats=False,  # no StatsHandler lines: the demo prints one line per epoch itself
         **{
-            "train::handlers::3::_disabled_": True,  # StatsHandlers: the demo prints one line per epoch itself
-            "validate::handlers::0::_disabled_": True,
             "train::dataset::progress": progress,  # CacheDataset's "Loading dataset" bars
             "validate::dataset::progress": progress,
             **_network_overrides(profile.network),

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from monai_adaloss.bundle_configs import JSON_FILES, deep_merge, generate, main, mismatches, split_common
@@ -56,3 +61,53 @@ def test_split_and_merge_round_trip() -> None:
     common, rests = split_common(configs)
     assert common == {"a": 1, "b": {"x": [1]}}
     assert [deep_merge(common, rest) for rest in rests] == configs
+
+
+def _strings(node: object) -> list[str]:
+    """Every key and string value in a JSON tree."""
+    if isinstance(node, dict):
+        return [s for key, value in node.items() for s in (str(key), *_strings(value))]
+    if isinstance(node, list):
+        return [s for value in node for s in _strings(value)]
+    return [node] if isinstance(node, str) else []
+
+
+def test_configs_reach_no_list_position_and_no_private_attribute() -> None:
+    shipped = sorted(BUNDLES.glob("*/configs/*.json")) + sorted((BUNDLES / "_source").glob("*/*.json"))
+    assert len(shipped) >= 5 * 6
+    for path in shipped:
+        for text in _strings(json.loads(path.read_text())):
+            assert not re.search(r"(::|#)\d+", text), f"{path}: {text!r} reaches into a list position"
+            assert not re.search(r"\._[A-Za-z]", text), f"{path}: {text!r} uses a private attribute"
+
+
+def test_handlers_have_ids_and_the_multi_gpu_overlay_uses_them() -> None:
+    base = json.loads((BUNDLES / "_source" / "base" / "train.json").read_text())
+    assert base["train"]["resume_dict"]["adaloss"] == "@train::adaloss_handler"
+    assert base["train"]["adaloss_handler"]["_target_"] == "monai_adaloss.handlers.AdalossHandler"
+    assert base["train"]["trainer"]["train_handlers"] == "$[@train::adaloss_handler] + @train::handlers"
+    # MONAI 1.6.1's ConfigWorkflow.check_properties reads every train::handlers entry as a dict (h["_target_"])
+    assert all(isinstance(h, dict) for h in base["train"]["handlers"])
+    for name in ("train::checkpoint_saver", "train::checkpoint_loader", "train::best_model_loader"):
+        assert f"@{name}.attach(@train::trainer)" in " ".join(base["run"]), name
+    multi_gpu = json.loads((BUNDLES / "_source" / "base" / "multi_gpu_train.json").read_text())
+    assert multi_gpu["is_main_process"] == "$dist.get_rank() == 0"
+    assert not [key for key in multi_gpu if "handlers" in key]
+
+
+def test_the_readme_commands_round_trip_on_a_copy(tmp_path: Path) -> None:
+    """bundles/README.md's three commands, each on a copy of the bundles (``--bundles-dir``), in its order."""
+    block = re.findall(r"```bash\n(.*?)```", (BUNDLES / "README.md").read_text(), flags=re.S)[0]
+    commands = [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
+    assert [c[-1] for c in commands] == ["--write", "--extract", "--check"]
+    copy = tmp_path / "bundles"
+    shutil.copytree(BUNDLES, copy, ignore=shutil.ignore_patterns("models", "eval", "predictions"))
+    for argv in commands:
+        assert argv[:3] == ["python", "-m", "monai_adaloss.bundle_configs"], argv
+        done = subprocess.run([sys.executable, *argv[1:], "--bundles-dir", str(copy)], capture_output=True, text=True)
+        assert done.returncode == 0, f"{argv}\n{done.stdout}\n{done.stderr}"
+    assert mismatches(copy) == []
+    for shipped in BUNDLES.glob("*/configs/*.json"):
+        assert json.loads((copy / shipped.relative_to(BUNDLES)).read_text()) == json.loads(shipped.read_text())
+    for source in (BUNDLES / "_source").glob("*/*.json"):  # extracting the shipped configs gives the sources back
+        assert json.loads((copy / source.relative_to(BUNDLES)).read_text()) == json.loads(source.read_text()), source

@@ -1,7 +1,7 @@
 """The endoscopic_tool_landmarks MONAI bundle on tiny synthetic laparoscopic PNG frames, and PNG/JPEG inference.
 
-- metadata.json against the mandatory keys and types of MONAI's bundle schema (the rules written out in
-  ``test_bundle_catheter``), and full dotted ``_target_`` paths in every config;
+- metadata.json against MONAI's bundle schema (offline copy in ``tests/data``), and full dotted ``_target_``
+  paths in every config;
 - train.json through ``ConfigWorkflow(workflow_type="train")`` for 2 epochs on 64x80 frames (40x32 input,
   4-8-16 channels): properties, ``models/model.pt`` (``{"model", "model_info"}`` with K_max > 1 and the
   multi-instance decoding arguments), per-clasper-type validation metrics, F1 as the key metric;
@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from bundle_checks import bundle_workflow, check_metadata_schema, train_and_summarise
+from bundle_checks import bundle_workflow, check_metadata_schema, evaluate_as_trained, train_and_summarise
 from monai.data import decollate_batch, list_data_collate
 from monai.engines.utils import engine_apply_transform
 from PIL import Image
@@ -153,6 +153,27 @@ def test_evaluate_workflow_on_frames_with_scissors(trained: dict[str, Any], data
     assert all(math.isfinite(metrics[f"val_{s}_{n}"]) for s in ("precision", "recall", "f1") for n in LANDMARK_NAMES)
     saved = (trained["root"] / "eval" / "metrics.csv").read_text()
     assert "val_f1" in saved and "val_recall_right_clasper" in saved
+
+
+def test_evaluate_takes_size_channels_and_decoding_from_the_model_info(
+    trained: dict[str, Any], dataset_dir: Path, tmp_path: Path
+) -> None:
+    """No training override repeated: the 40x32 input, 4-8-16 channels and the decoding of the trained model.
+
+    The copied model_info.json says threshold 0.3 and 4 instances (train.json's defaults: 0.5 and 3).
+    """
+
+    def change(info: dict[str, Any]) -> None:
+        info["decoding"]["threshold"], info["max_instances"] = 0.3, 4
+
+    read = ("input_size", "peak_threshold", "max_instances", "median_kernel", "nms_kernel")
+    result = evaluate_as_trained(CONFIGS, trained["root"], dataset_dir, tmp_path, change, read, num_workers=0)
+    assert result["missing"] == []
+    assert result["input_shapes"] == {(40, 32)}  # train.json's default is 320x256
+    assert result["input_size"] == [40, 32]
+    assert (result["peak_threshold"], result["max_instances"]) == (0.3, 4)
+    assert (result["median_kernel"], result["nms_kernel"]) == (3, 3)  # from the 32-pixel side: defaults 7 and 11
+    assert math.isfinite(result["metrics"]["val_f1"])
 
 
 def test_perfect_prediction_finds_every_instance_in_original_pixels(tmp_path: Path, dataset_dir: Path) -> None:

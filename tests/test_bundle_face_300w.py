@@ -4,7 +4,7 @@ The six sample faces (four 300-VW frames with ``.pts`` files, two 300-W PNGs who
 ``.pts``) are laid out as a tiny 300-W root, one face per sub-folder: ``train`` = lfpw/trainset + helen/trainset +
 afw (3 faces: 2 train, 1 validation with ``validation_every=3``), ``common`` = 2, ``challenging`` = 1, ``full`` = 3.
 
-- metadata.json against the mandatory keys of MONAI's bundle schema;
+- metadata.json against MONAI's bundle schema (offline copy in ``tests/data``);
 - train.json through ``ConfigWorkflow(workflow_type="train")`` for 1 epoch at 32x32 (Dense U-Net, 68 landmarks):
   properties, ``models/model.pt`` with 68 per-landmark sigmas, NME metrics;
 - evaluate.json through ``ConfigWorkflow(workflow_type="eval")`` on the ``full`` split;
@@ -18,13 +18,18 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from bundle_checks import bundle_workflow, check_metadata_schema, train_and_summarise
+from bundle_checks import (
+    bundle_workflow,
+    check_metadata_schema,
+    evaluate_as_trained,
+    train_and_summarise,
+    write_tiny_300w,
+)
 from monai.data import decollate_batch, list_data_collate
 from monai.engines.utils import engine_apply_transform
 from monai.transforms import ApplyTransformToPoints
@@ -53,36 +58,10 @@ TINY = {
 }
 
 
-def write_pts(path: Path, points: list[list[float]]) -> None:
-    body = "\n".join(f"{x} {y}" for x, y in points)
-    path.write_text(f"version: 1\nn_points: {len(points)}\n{{\n{body}\n}}\n")
-
-
 @pytest.fixture(scope="module")
 def root_300w(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 300-W folder layout with one sample face per sub-folder."""
-    root = tmp_path_factory.mktemp("300W")
-    vw = SAMPLES / "300vw"
-    coco = json.loads((SAMPLES / "300w" / "test_300w.json").read_text())
-    names = {image["id"]: image["file_name"] for image in coco["images"]}
-    pngs = {names[a["image_id"]]: [a["keypoints"][i : i + 2] for i in range(0, 204, 3)] for a in coco["annotations"]}
-    faces = {
-        "lfpw/trainset": vw / "001" / "imgs" / "000006.jpg",
-        "helen/trainset": vw / "001" / "imgs" / "000009.jpg",
-        "afw": SAMPLES / "300w" / "indoor_020.png",
-        "lfpw/testset": vw / "401" / "imgs" / "000731.jpg",
-        "helen/testset": vw / "401" / "imgs" / "000732.jpg",
-        "ibug": SAMPLES / "300w" / "indoor_029.png",
-    }
-    for folder, image in faces.items():
-        target = root / folder
-        target.mkdir(parents=True)
-        shutil.copy(image, target / image.name)
-        if image.suffix == ".png":
-            write_pts(target / f"{image.stem}.pts", pngs[image.name])
-        else:
-            shutil.copy(image.parent.parent / "annot" / f"{image.stem}.pts", target / f"{image.stem}.pts")
-    return root
+    return write_tiny_300w(tmp_path_factory.mktemp("300W"), SAMPLES)
 
 
 def workflow(config_files: list[str], workflow_type: str, bundle_root: Path, dataset_dir: Path, **override: Any):
@@ -139,8 +118,27 @@ def test_evaluate_workflow_on_the_full_split(trained: dict[str, Any], root_300w:
     assert "val_nme_inter_ocular" in (trained["root"] / "eval" / "metrics.csv").read_text()
 
 
+def test_evaluate_takes_size_network_and_crop_from_the_model_info(
+    trained: dict[str, Any], root_300w: Path, tmp_path: Path
+) -> None:
+    """No training override repeated: the 32x32 input and the 4/4 dense U-Net of the trained model, and the face
+    crop margin its (copied, edited) model_info.json says: 0.4, where train.json's default is 0.25."""
+
+    def change(info: dict[str, Any]) -> None:
+        info["preprocessing"]["crop_margin"] = 0.4
+
+    read = ("input_size", "crop_margin")
+    result = evaluate_as_trained(CONFIGS, trained["root"], root_300w, tmp_path, change, read, num_workers=0)
+    assert result["missing"] == []
+    assert result["input_shapes"] == {(32, 32)}  # train.json's default is 256x256
+    assert (result["input_size"], result["crop_margin"]) == ([32, 32], 0.4)
+    assert result["metrics"] and all(math.isfinite(v) for v in result["metrics"].values())
+
+
 def test_perfect_prediction_maps_back_to_the_pts_points(tmp_path: Path, root_300w: Path) -> None:
-    wf = workflow(["train.json", "evaluate.json"], "eval", tmp_path, root_300w, **{**TINY, "input_size": [48, 48]})
+    # no trained model here: the values evaluate.json would read from its model info are given
+    overrides = {**TINY, "input_size": [48, 48], "crop_margin": 0.25}
+    wf = workflow(["train.json", "evaluate.json"], "eval", tmp_path, root_300w, **overrides)
     dataset = wf.parser.get_parsed_content("validate::dataset")
     postprocessing = wf.parser.get_parsed_content("validate::postprocessing")
     batch = list_data_collate([dataset[i] for i in range(len(dataset))])

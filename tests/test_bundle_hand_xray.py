@@ -3,7 +3,7 @@
 - ``hand_xray_datalist`` on the shared folder (``../shared/data/hand_xray`` next to the checkout): split
   counts 91 / 21 / 21, all 37 landmarks in order, coordinates exactly those of ``landmarks.csv``, sizes of
   ``images.csv``, and errors naming the file when the folder is broken (on copies in ``tmp_path``);
-- metadata.json against MONAI's mandatory keys (the checks of ``test_bundle_catheter.py``);
+- metadata.json against MONAI's bundle schema (offline copy in ``tests/data``);
 - train.json through ``ConfigWorkflow(workflow_type="train")`` on 4 training / 2 validation real images at
   a tiny size (32x32 grid, 3 levels): properties, ``models/model.pt`` with 37 sigmas, errors in file
   pixels about 16 x errors in grid pixels (512 -> 32), points following resize + pad exactly;
@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import torch
-from bundle_checks import bundle_workflow, check_metadata_schema, train_and_summarise
+from bundle_checks import bundle_workflow, check_metadata_schema, evaluate_as_trained, train_and_summarise
 from monai.data import decollate_batch, list_data_collate
 from monai.engines.utils import engine_apply_transform
 
@@ -147,7 +147,7 @@ def test_to_source_pixels_keeps_pixel_centres() -> None:
 # ------------------------------------------------------------------------------------------------ metadata
 
 
-def test_metadata_has_the_mandatory_keys() -> None:
+def test_metadata_follows_the_bundle_schema() -> None:
     meta = json.loads((CONFIGS / "metadata.json").read_text())
     check_metadata_schema(meta)
     nd = meta["network_data_format"]
@@ -255,3 +255,14 @@ def test_evaluate_and_inference_workflows(trained: dict[str, Any], dataset_dir: 
         for values, size in ((row[1::2], width), (row[2::2], height)):
             margin = (side - size) / 2 + side / 32  # padding, plus one network cell of refinement
             assert all(-0.5 - margin <= float(v) <= size - 0.5 + margin for v in values)
+
+
+def test_evaluate_takes_size_and_network_from_the_model_info(
+    trained: dict[str, Any], dataset_dir: Path, tmp_path: Path
+) -> None:
+    """No training override repeated: the 32x32 input and 4-8-16 channels of the trained model."""
+    result = evaluate_as_trained(CONFIGS, trained["root"], dataset_dir, tmp_path, read=("input_size",), num_workers=0)
+    assert result["missing"] == []
+    assert result["input_shapes"] == {(32, 32)}  # train.json's default is 128x128
+    assert result["input_size"] == [32, 32]
+    assert math.isfinite(result["metrics"]["val_mean_dist_px"])

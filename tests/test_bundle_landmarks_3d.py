@@ -1,6 +1,6 @@
 """The landmarks_3d MONAI bundle on tiny synthetic NIfTI volumes (32x32x20 voxels, tilted, 24^3 grid, 4-8-16 channels).
 
-- metadata.json against the mandatory keys of MONAI's bundle schema (the rules of ``test_bundle_catheter``);
+- metadata.json against MONAI's bundle schema (offline copy in ``tests/data``);
 - train.json through ``ConfigWorkflow(workflow_type="train")`` for 2 epochs: properties, ``models/model.pt``
   with the model info (6 landmarks, per-landmark sigma, mean-normalised targets), metrics in mm and voxels;
 - evaluate.json through ``ConfigWorkflow(workflow_type="eval")``;
@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_checks import bundle_workflow, check_metadata_schema, train_and_summarise
+from bundle_checks import bundle_workflow, check_metadata_schema, evaluate_as_trained, train_and_summarise
 from monai.data import decollate_batch, list_data_collate
 from monai.engines.utils import engine_apply_transform
 from monai.transforms import ApplyTransformToPoints
@@ -108,6 +108,23 @@ def test_evaluate_workflow(trained: dict[str, Any], dataset_dir: Path) -> None:
     wf.finalize()
     assert math.isfinite(metrics["val_mean_dist_mm"]) and math.isfinite(metrics["val_mean_dist_voxel"])
     assert "val_mean_dist_mm" in (trained["root"] / "eval" / "metrics.csv").read_text()
+
+
+def test_evaluate_takes_size_network_and_window_from_the_model_info(
+    trained: dict[str, Any], dataset_dir: Path, tmp_path: Path
+) -> None:
+    """No training override repeated: the 24^3 grid and 4-8-16 channels of the trained model, and the HU window
+    its (copied, edited) model_info.json says: [-500, 700], where train.json's default is [-1000, 1000]."""
+
+    def change(info: dict[str, Any]) -> None:
+        info["preprocessing"]["hu_window"] = [-500, 700]
+
+    read = ("input_size", "hu_window")
+    result = evaluate_as_trained(CONFIGS, trained["root"], dataset_dir, tmp_path, change, read, num_workers=0)
+    assert result["missing"] == []
+    assert result["input_shapes"] == {(24, 24, 24)}
+    assert (result["input_size"], result["hu_window"]) == ([24, 24, 24], [-500, 700])
+    assert result["metrics"] and all(math.isfinite(v) for v in result["metrics"].values())
 
 
 def datalist_points(dataset_dir: Path, split: str, key: str) -> list[torch.Tensor]:
