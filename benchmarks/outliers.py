@@ -240,7 +240,8 @@ def hand_train(args: argparse.Namespace, seed: int, train_ds, val_ds, postproces
         schedule = AdalossSchedule.for_spatial_shape([128, 128], num)  # the package's defaults
     else:
         schedule = make_schedule(args.schedule, [128, 128], num, **dict(args.schedule_arg))
-    loss = AdalossHeatmapLoss(schedule, normalize=None if args.normalize == "none" else args.normalize)
+    normalize = None if args.normalize == "none" else args.normalize
+    loss = AdalossHeatmapLoss(schedule, normalize=normalize, target_scale=args.target_scale)
     groups = [{"params": list(network.parameters())}]
     if list(loss.parameters()):  # learned sigma: log sigma in its own group
         groups.append({"params": list(loss.parameters()), "lr": args.learned_lr})
@@ -382,6 +383,7 @@ def main() -> None:
     hand_cmd.add_argument("--sc-kernel", type=int, default=7, help="SCN: kernel of the configuration branch")
     hand_cmd.add_argument("--sc-layers", type=int, default=3, help="SCN: convolutions of the configuration branch")
     hand_cmd.add_argument("--normalize", choices=("none", "peak", "mean"), default="mean", help="target scaling")
+    hand_cmd.add_argument("--target-scale", type=float, default=1.0, help="factor on the rendered targets")
     hand_cmd.add_argument("--norm", default="batch", help="normalisation of the SCN's local-appearance U-Net")
     hand_cmd.add_argument("--learned-lr", type=float, default=5e-2, help="learning rate of a learned sigma")
     hand_cmd.add_argument("--budget-min", type=float, default=None, help="stop training after this many minutes")

@@ -127,6 +127,7 @@ def main() -> None:
     loader = DataLoader(train_ds, batch_size=1, shuffle=True, num_workers=0,
                         generator=torch.Generator().manual_seed(args.seed))  # fmt: skip
     start = time.perf_counter()
+    diverged_at = None
     for epoch in range(1, args.epochs + 1):
         model.train()
         total = 0.0
@@ -140,9 +141,14 @@ def main() -> None:
             total += float(loss)
         print(f"epoch {epoch}/{args.epochs}: loss {total / len(loader):.4g}, {time.perf_counter() - start:.0f} s",
               flush=True)  # fmt: skip
+        if not math.isfinite(total):  # the recipe diverged: every later epoch stays NaN
+            diverged_at = epoch
+            break
     train_s = time.perf_counter() - start
     errors = evaluate(model, test_ds, postprocessing)
     found = errors[np.isfinite(errors)]
+    if not found.size:  # no point decoded (a diverged model's heatmaps are NaN)
+        found = np.full(1, math.nan)
     row = {
         "run": f"landmarker SCN, {'learnable' if args.learnable else 'fixed'} sigma 3",
         "seed": args.seed,
@@ -152,6 +158,7 @@ def main() -> None:
         "p95_png_px": float(np.percentile(found, 95)),
         "outlier_rate": float(np.mean(~(errors <= HAND_OUTLIER_PX))),
         "missed": int((~np.isfinite(errors)).sum()),
+        "diverged_at_epoch": diverged_at,
         "train_s": train_s,
         "torch_threads": torch.get_num_threads(),
     }

@@ -94,6 +94,23 @@ def test_normalized_target_is_passed_through() -> None:
         assert AdalossHeatmapLoss(sigma=2.0)(target, points).item() > 1e-4
 
 
+def test_target_scale_multiplies_the_targets_and_keeps_the_relative_loss() -> None:
+    points = torch.tensor([[[[1.0]]]], dtype=torch.float64)
+    loss_fn = AdalossHeatmapLoss(sigma=1.0, target_scale=3.0)
+    # against a zero prediction: the centre target's energy times 3^2; the reference (all-zero) loss too
+    assert loss_fn(torch.zeros(1, 1, 3, dtype=torch.float64), points).item() == pytest.approx(9.0 * CENTRE, rel=1e-12)
+    assert loss_fn.last_channel_reference_sums.tolist() == pytest.approx([9.0 * CENTRE], rel=1e-12)
+    # the scaled target is matched exactly
+    target = 3.0 * render_gaussian_heatmaps(points, 1.0, (3,))
+    assert loss_fn(target, points).item() == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, math.inf, math.nan])
+def test_target_scale_must_be_positive_and_finite(scale: float) -> None:
+    with pytest.raises(ValueError, match="target_scale"):
+        AdalossHeatmapLoss(sigma=1.0, target_scale=scale)
+
+
 def test_live_sigma_changes_target_between_calls() -> None:
     schedule = AdalossSchedule(4.0, num_landmarks=1, max_step_fraction=0.5, sigma_min=1.0)
     loss_fn = AdalossHeatmapLoss(schedule)
