@@ -53,7 +53,7 @@ from .records import file_records, network_to_original, safe_name
 from .sharding import ShardGroup, shard
 from .sr import source_header, sr_file_name, write_structured_report
 
-__all__ = ["FileTracker", "InferenceRunner", "InferenceSummary", "infer_outcomes"]
+__all__ = ["FileTracker", "InferenceRunner", "InferenceSummary", "infer_outcomes", "read_records", "sr_written"]
 
 logger = logging.getLogger(__name__)
 
@@ -302,11 +302,11 @@ class InferenceRunner:
 
     def _retry_missing_srs(self, model: LandmarkModel, writer: PartWriter, summary: InferenceSummary) -> None:
         """Write the SR of every file of this part that has records but no SR (killed before it, or it failed)."""
-        missing = [e["path"] for e in writer.done.values() if e["status"] == "ok" and not _sr_written(e)]
+        missing = [e["path"] for e in writer.done.values() if e["status"] == "ok" and not sr_written(e)]
         if not missing:
             return
         records: dict[str, list[dict[str, Any]]] = {path: [] for path in missing}
-        for line in _read_records(writer.directory / RECORDS):
+        for line in read_records(writer.directory / RECORDS):
             if line["path"] in records:
                 records[line["path"]].append(line)
         tracker = _FileTracker(writer, model, self.output_dir, True, False, summary)
@@ -393,7 +393,7 @@ class _FileTracker:
         self.pending: dict[int, _PendingFile] = {}
         self._next_id = 0
         # SR file name -> source path, to give a second file with the same SOPInstanceUID its own SR
-        self._sr_names = {e["sr"]: e["path"] for e in writer.done.values() if _sr_written(e)}
+        self._sr_names = {e["sr"]: e["path"] for e in writer.done.values() if sr_written(e)}
 
     def start(self, outcome: Outcome) -> tuple[int, np.ndarray] | None:
         """Register a decoded file and return ``(file id, its frames)``; a failure is committed, ``None``."""
@@ -507,11 +507,12 @@ class _FrameStream(IterableDataset):
                 yield torch.from_numpy(images[frame]), file_id, frame
 
 
-def _sr_written(entry: dict[str, Any]) -> bool:
+def sr_written(entry: dict[str, Any]) -> bool:
+    """Whether a manifest entry says its file's SR was committed (``"sr": "sr/..."``)."""
     return str(entry.get("sr", "")).startswith("sr/")
 
 
-def _read_records(path: Path) -> Iterator[dict[str, Any]]:
+def read_records(path: Path) -> Iterator[dict[str, Any]]:
     """The complete record lines of a part's records file (a torn last line is skipped)."""
     if not path.exists():
         return

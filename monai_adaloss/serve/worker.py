@@ -16,7 +16,6 @@ received close together share network calls.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -33,7 +32,7 @@ from ..inference.heatmap_points import HeatmapDecoder
 from ..inference.model import LandmarkModel
 from ..inference.outputs import RECORDS, PartWriter
 from ..inference.pool import DecodePool
-from ..inference.runner import FileTracker, InferenceSummary, infer_outcomes
+from ..inference.runner import FileTracker, InferenceSummary, infer_outcomes, read_records, sr_written
 from ..inference.sr import source_header, sr_file_name
 from .spool import Spool
 from .status import Counters
@@ -205,15 +204,12 @@ class InferenceWorker(threading.Thread):
         for path in self.spool.queued():
             if str(path) not in done:
                 self.submit(path)
-        ok = {  # records committed, SR not committed (a runner that records the SR stage says "sr": "sr/...")
-            str(path)
-            for path in finished
-            if done[str(path)].get("status") == "ok" and not str(done[str(path)].get("sr", "")).startswith("sr/")
+        ok = {  # records committed, SR not committed
+            str(path) for path in finished if done[str(path)].get("status") == "ok" and not sr_written(done[str(path)])
         }
         records: dict[str, list[dict[str, Any]]] = {path: [] for path in ok}
         if ok:
-            for line in (self.spool.root / RECORDS).read_text().splitlines():
-                row = json.loads(line)  # the writer has dropped torn lines at start
+            for row in read_records(self.spool.root / RECORDS):
                 if row.get("path") in records:
                     records[row["path"]].append(row)
         for path in finished:
