@@ -30,6 +30,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from .demo_profiles import BUNDLE_NAME, PROFILES, DemoProfile
 from .inference import InferenceRunner
 from .io import LoadDicomFrame
 from .plotting import plot_prediction_overlays, plot_sigma_history
+from .schedules import SCHEDULE_NAMES
 from .synthetic import FluoroscopyConfig, make_dataset
 from .tta import TestTimeAugmentation
 
@@ -118,6 +120,7 @@ class DemoReport:
     outputs: dict[str, str] = field(default_factory=dict)
     confidence_threshold: float | None = None
     tta: bool = False
+    schedule: dict[str, Any] | None = None
 
     @property
     def best_epoch(self) -> int:
@@ -274,8 +277,40 @@ def _network_overrides(network: str) -> dict[str, Any]:
     }
 
 
+def _schedule_overrides(schedule: str | None, schedule_args: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Config overrides that swap the bundle's ``AdalossSchedule`` for ``make_schedule(schedule, ...)``.
+
+    ``None`` keeps the bundle's own schedule. A ``learned`` sigma also switches the loss to
+    mean-normalised targets (with peak-1 targets the data term alone shrinks a learned sigma; the
+    bundle's optimiser already owns ``loss.parameters()``).
+    """
+    if schedule is None:
+        if schedule_args:
+            raise ValueError("Argument `schedule_args` needs a `schedule` name.")
+        return {}
+    if schedule not in SCHEDULE_NAMES:
+        raise ValueError(f"Argument `schedule` must be one of {SCHEDULE_NAMES}, got {schedule!r}.")
+    overrides: dict[str, Any] = {
+        "adaloss_schedule": {
+            "_target_": "monai_adaloss.schedules.make_schedule",
+            "name": schedule,
+            "spatial_shape": "@input_size",
+            "num_landmarks": "$len(@landmark_names)",
+            **dict(schedule_args or {}),
+        }
+    }
+    if schedule == "learned":
+        overrides["loss#normalize"] = "mean"
+    return overrides
+
+
 def _train(
-    datalist: Path, root: Path, profile: DemoProfile, seed: int, progress: bool
+    datalist: Path,
+    root: Path,
+    profile: DemoProfile,
+    seed: int,
+    progress: bool,
+    schedule_overrides: Mapping[str, Any] | None = None,
 ) -> tuple[ConfigWorkflow, list[dict[str, float]]]:
     """Train the bundle with the profile's overrides; return the finished workflow and the validation history."""
     configs = bundle_path(BUNDLE_NAME) / "configs"
@@ -298,6 +333,7 @@ def _train(
             "train::dataset::progress": progress,  # CacheDataset's "Loading dataset" bars
             "validate::dataset::progress": progress,
             **_network_overrides(profile.network),
+            **dict(schedule_overrides or {}),
         },
     )
     workflow.initialize()
@@ -401,14 +437,22 @@ def _overlays(frames: list[FrameResult], out_png: Path, loader: LoadDicomFrame) 
 
 
 def run_demo(
-    output_dir: str | os.PathLike, profile: DemoProfile, seed: int = 0, progress: bool = True, tta: bool = False
+    output_dir: str | os.PathLike,
+    profile: DemoProfile,
+    seed: int = 0,
+    progress: bool = True,
+    tta: bool = False,
+    schedule: str | None = None,
+    schedule_args: Mapping[str, Any] | None = None,
 ) -> DemoReport:
     """Synthetic data -> bundle training -> inference on the test DICOMs -> errors, table and figures.
 
     After training, inference on the validation frames chooses the ``low_confidence`` threshold
     (:func:`~monai_adaloss.confidence.choose_confidence_threshold`), stored in ``model.pt``; the test
     records carry the flag. ``tta``: infer with :class:`~monai_adaloss.tta.TestTimeAugmentation`
-    (shifts and both flips, which the bundle's training augmentation includes).
+    (shifts and both flips, which the bundle's training augmentation includes). ``schedule``: train
+    with :func:`~monai_adaloss.schedules.make_schedule` ``(schedule, **schedule_args)`` instead of the
+    bundle's default ``AdalossSchedule`` (a comparison of schedules; see :func:`_schedule_overrides`).
 
     Writes into ``output_dir``: ``data/`` (DICOMs, ``datalist.json``), ``bundle/models/`` (``model.pt``
     and the last training checkpoint), ``bundle/eval/`` (TensorBoard), ``inference/`` (the runner's
@@ -418,6 +462,7 @@ def run_demo(
     Raises:
         FileExistsError: when ``output_dir`` exists and is not empty (nothing is overwritten).
     """
+    schedule_overrides = _schedule_overrides(schedule, schedule_args)
     output_dir = Path(output_dir).absolute()
     if output_dir.exists() and any(output_dir.iterdir()):
         raise FileExistsError(f"Demo output folder `{output_dir}` is not empty; choose another one or delete it.")
@@ -426,7 +471,7 @@ def run_demo(
         output_dir / "data", profile.n_train, profile.n_val, profile.n_test, profile.frame_size, seed, progress
     )
     data_done = time.perf_counter()
-    workflow, val_history = _train(datalist, output_dir / "bundle", profile, seed, progress)
+    workflow, val_history = _train(datalist, output_dir / "bundle", profile, seed, progress, schedule_overrides)
     train_done = time.perf_counter()
     model_path = output_dir / "bundle" / "models" / "model.pt"
     loader = LoadDicomFrame()
@@ -441,14 +486,14 @@ def run_demo(
     )
     infer_done = time.perf_counter()
 
-    schedule = workflow.parser.get_parsed_content("adaloss_schedule")
+    trained_schedule = workflow.parser.get_parsed_content("adaloss_schedule")
     names = workflow.parser.get_parsed_content("landmark_names")
     model_info = torch.load(model_path, map_location="cpu", weights_only=True)["model_info"]
     report = DemoReport(
         profile=profile,
         frames=frames,
-        sigma_history=schedule.sigma_history.tolist(),
-        loss_history=schedule.loss_history.tolist(),
+        sigma_history=trained_schedule.sigma_history.tolist(),
+        loss_history=trained_schedule.loss_history.tolist(),
         val_history=val_history,
         model_sigma=list(model_info["sigma"]),
         timings_s={
@@ -458,16 +503,17 @@ def run_demo(
         },
         confidence_threshold=threshold,
         tta=tta,
+        schedule=None if schedule is None else {"name": schedule, **dict(schedule_args or {})},
     )
     report.outputs = {
         "predictions": str(_write_predictions(frames, output_dir / "predictions.csv")),
         "sigma_plot": str(
             plot_sigma_history(
-                schedule.sigma_history,
+                trained_schedule.sigma_history,
                 names,
                 output_dir / "sigma_per_epoch.png",
-                schedule.loss_history,
-                clipped=schedule.clipped_history,
+                trained_schedule.loss_history,
+                clipped=trained_schedule.clipped_history,
             )
         ),
         "overlays": str(_overlays(frames, output_dir / "overlays.png", loader)),
@@ -507,6 +553,7 @@ def _summary(report: DemoReport) -> dict[str, Any]:
         "confidence_threshold": report.confidence_threshold,
         "low_confidence_test_frames": sum(f.flag == "low_confidence" for f in report.frames),
         "tta": report.tta,
+        "schedule": report.schedule,
         "outlier_radius_px": OUTLIER_RADIUS_PX,
         "best_epoch": report.best_epoch,
         "validation_per_epoch": report.val_history,

@@ -69,15 +69,48 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument(
         "--tta", action="store_true", help="test-time augmentation at inference (4-px shifts and flips, combined)"
     )
+    parser.add_argument(
+        "--schedule",
+        help="train with monai_adaloss.schedules.make_schedule(NAME) instead of the bundle's default AdalossSchedule "
+        "(paper, bounded, relative_restart, spread, fixed, linear, geometric, learned; learned also uses "
+        "mean-normalised targets)",
+    )
+    parser.add_argument(
+        "--schedule-arg",
+        type=_key_value,
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keyword arguments of the schedule, numbers as numbers (e.g. sigma=3 for fixed)",
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     parser.set_defaults(func=_run_demo_command)
     return parser
+
+
+def _key_value(text: str) -> tuple[str, float | str]:
+    """``key=value`` -> ``(key, value)``, the value a float when it parses as one."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, float(value)
+    except ValueError:
+        return key, value
 
 
 def _run_demo_command(args: argparse.Namespace) -> int:
     import torch
 
     from .demo import run_demo
+    from .schedules import SCHEDULE_NAMES
+
+    if args.schedule is not None and args.schedule not in SCHEDULE_NAMES:
+        print(f"monai-adaloss demo: unknown --schedule {args.schedule!r}; use one of {', '.join(SCHEDULE_NAMES)}")
+        return 2
+    if args.schedule_arg and args.schedule is None:
+        print("monai-adaloss demo: --schedule-arg needs --schedule")
+        return 2
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads or min(2, os.cpu_count() or 1))
@@ -90,7 +123,13 @@ def _run_demo_command(args: argparse.Namespace) -> int:
     profile = replace(PROFILES[args.profile], **{k: v for k, v in overrides.items() if v is not None})
     try:
         report = run_demo(
-            args.output_dir, profile, seed=args.seed, progress=not args.quiet and sys.stderr.isatty(), tta=args.tta
+            args.output_dir,
+            profile,
+            seed=args.seed,
+            progress=not args.quiet and sys.stderr.isatty(),
+            tta=args.tta,
+            schedule=args.schedule,
+            schedule_args=dict(args.schedule_arg),
         )
     except FileExistsError as err:
         print(f"monai-adaloss demo: {err}")
