@@ -313,7 +313,10 @@ def hand(args: argparse.Namespace) -> None:
         for mode in ("plain", "tta"):
             tta = TestTimeAugmentation() if mode == "tta" else None  # shifts only: no flip in training
             val_err, val_conf, _ = hand_predict(network, val_ds, postprocessing, tta)
-            threshold = choose_confidence_threshold(val_conf.ravel(), val_err.ravel(), HAND_OUTLIER_PX)
+            try:
+                threshold = choose_confidence_threshold(val_conf.ravel(), val_err.ravel(), HAND_OUTLIER_PX)
+            except ValueError:  # no right (or no wrong) validation point: no threshold, nothing flagged
+                threshold = math.nan
             errors, conf, nearest = hand_predict(network, test_ds, postprocessing, tta)
             swapped = nearest != np.arange(errors.shape[1])[None, :]
             wrong = ~(errors <= HAND_OUTLIER_PX)

@@ -15,7 +15,10 @@ use the bundle-relative ``configs/`` or ``models/`` run in the bundle folder, as
 The bundles' documents in ``docs/`` (``endoscopy.md``, ``hand_xray.md``, ``landmarks_3d.md``), ``adaloss.md`` and
 ``annotation_noise.md`` hold benchmark commands that run for minutes to hours; each is marked ``LONG`` in the
 document, and the test runs it as written with the script's tiny arguments (``LongDoc.scripts``, e.g. 1 epoch, a
-32-pixel grid, 4-8-16 channels). ``docs/inference.md`` runs on a tiny catheter model.
+32-pixel grid, 4-8-16 channels). ``docs/accuracy.md`` is one of them too; its peer-library commands need a
+separate venv that the project's environment must never hold, so they are marked ``external``: not run, but
+every option they give a ``benchmarks/`` script must be one of that script's. ``docs/inference.md`` runs on a
+tiny catheter model; ``docs/dicom_node.md``'s ``serve`` command runs in ``test_serve.py`` against Orthanc.
 """
 
 from __future__ import annotations
@@ -237,6 +240,19 @@ def test_bundle_readme_commands_run_as_written(bundle: Bundle, tmp_path: Path) -
 
 LONG = "<!-- long-running: tests/test_bundle_readme_commands.py runs this command with tiny arguments -->\n```bash"
 """What a document writes before a command that runs for minutes: the test runs it with the tiny arguments."""
+EXTERNAL = re.compile(r"<!-- external: [^\n]*-->\n```bash\n(.*?)^```\n?", flags=re.S | re.M)
+"""A command that needs what the project's environment must never hold (the peer library's own venv): the test
+does not run it, but checks that every option it gives a ``benchmarks/`` script is one of that script's options."""
+
+
+def check_external_commands(path: Path, text: str) -> str:
+    """Check the options of the ``EXTERNAL`` blocks of ``text``; return the text without them."""
+    for code in EXTERNAL.findall(text):
+        for script, options in re.findall(r"(benchmarks/\w+\.py)((?:\\\n|[^\n])*)", code):
+            source = (ROOT / script).read_text(encoding="utf-8")
+            for option in re.findall(r"(?<!\S)(--[\w-]+)", options):
+                assert f'"{option}"' in source, f"{path}: {script} has no option {option}"
+    return EXTERNAL.sub("", text)
 
 
 @dataclass
@@ -335,13 +351,48 @@ LONG_DOCS = [
 ]
 
 
+def test_external_commands_are_checked_against_the_script_not_run() -> None:
+    marker = "<!-- external: a separate venv -->\n```bash\n"
+    command = "/venv/bin/python benchmarks/peer_landmarker.py --data d \\\n    --learnable --threads 2\n"
+    good = f"a\n{marker}{command}```\nb\n"
+    assert check_external_commands(Path("doc.md"), good) == "a\nb\n"
+    with pytest.raises(AssertionError, match="no option --no-such-option"):
+        check_external_commands(Path("doc.md"), good.replace("--learnable", "--no-such-option"))
+
+
+def _tiny_demo_and_hand_xray(tmp: Path) -> None:
+    """A tiny catheter demo run (``runs/demo_tiny``) for ``outliers.py catheter`` and a tiny hand X-ray folder."""
+    demo = [str(Path(sys.executable).parent / "monai-adaloss"), "demo", "--tiny", "--quiet", "--threads", "1"]
+    done = subprocess.run([*demo, "-o", str(tmp / "runs" / "demo_tiny")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    _tiny_hand_xray(tmp)
+
+
+LONG_DOCS.append(
+    LongDoc(
+        "accuracy.md",
+        {
+            "benchmarks/outliers.py": {"--threads": "1", "--n-test": "4"},
+            "benchmarks/hand_schedule_study.py": {"--seeds": ["0"], "--epochs": "1", "--schedules": ["default"]},
+        },
+        ("benchmarks_out/outliers_cath/results.md", "benchmarks_out/hand_study/study.md"),
+        replace={
+            "runs/demo_paper_s0 runs/demo_paper_s1 runs/demo_ctx_s0 runs/demo_ctxB_s0": "runs/demo_tiny",
+            "../shared/data/hand_xray": "{tmp}/hand_xray_folder",
+        },
+        needs=SHARED / "hand_xray",
+        prepare=_tiny_demo_and_hand_xray,
+    )
+)
+
+
 @pytest.mark.parametrize("doc", LONG_DOCS, ids=lambda d: d.name)
 def test_long_doc_commands_run_with_tiny_arguments(doc: LongDoc, tmp_path: Path) -> None:
     """The benchmark commands of a bundle's document, from a folder where ``benchmarks/`` is the checkout's."""
     if doc.needs is not None and not doc.needs.is_dir():
         pytest.skip(f"{doc.needs} not found")
     path = ROOT / "docs" / doc.name
-    text = replaced(path, doc.replace, tmp_path)
+    text = check_external_commands(path, replaced(path, doc.replace, tmp_path))
     assert text.count(LONG) == text.count("```bash") > 0, f"{path}: mark every long command with {LONG!r}"
     (tmp_path / "benchmarks").symlink_to(ROOT / "benchmarks", target_is_directory=True)
     if doc.prepare is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -390,6 +391,43 @@ def test_orthanc_down_while_sending_srs_arrive_after_it_returns_across_a_node_re
     wait_for(lambda: len(orthanc.sr_instances()) == 3 and node.idle(), what="the SRs after the outage")
     assert_one_sr_each_like_infer(orthanc, files, checkpoint, tmp_path / "infer")
     assert json.loads((node.spool / "retry.json").read_text()) == {}
+
+
+def test_dicom_node_doc_command_runs_as_written(tools, checkpoint, orthanc, tmp_path):
+    """docs/dicom_node.md's ``serve`` command, as its text, with the reader's paths and ports swapped for a tiny
+    model (``models/model.pt`` in the run folder), a temporary spool, a free port and this test's Orthanc."""
+    doc = Path(__file__).resolve().parents[1] / "docs" / "dicom_node.md"
+    (code,) = [block for block in re.findall(r"^```bash\n(.*?)^```", doc.read_text(), flags=re.S | re.M)
+               if "monai-adaloss serve" in block]  # fmt: skip
+    port = osup.free_port()
+    for old, new in {"11112": str(port), "/var/lib/adaloss": str(tmp_path / "spool"),
+                     "ORTHANC@127.0.0.1:4242": orthanc.destination}.items():  # fmt: skip
+        assert old in code, f"{doc}: `{old}` is gone; update the test"
+        code = code.replace(old, new)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "model.pt").write_bytes(checkpoint.read_bytes())
+    env = {**support.subprocess_env(), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    files = xray_files(tmp_path / "in", 2)
+    status = tmp_path / "spool" / "status.json"
+    with (tmp_path / "node.log").open("wb") as log:
+        node = subprocess.Popen(["bash", "-c", f"exec {code}"], cwd=tmp_path, env=env, stdout=log, stderr=log)
+    try:
+        wait_for(lambda: node.poll() is not None or (status.exists() and '"running"' in status.read_text()), 120,
+                 "the node to listen")  # fmt: skip
+        assert node.poll() is None, (tmp_path / "node.log").read_text()[-3000:]
+        refused = osup.storescu(tools["storescu"], port, files[:1], calling="STORESCU")  # not --allowed-aet
+        assert refused.returncode != 0
+        sent = osup.storescu(tools["storescu"], port, files, calling="ORTHANC")
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        wait_for(lambda: len(orthanc.sr_instances()) >= len(files), what="2 SRs in Orthanc")
+        assert sorted(orthanc_srs(orthanc)) == sorted(sop_uid(f) for f in files)
+        node.send_signal(signal.SIGTERM)
+        assert node.wait(90) == 0
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait(30)
+    assert json.loads(status.read_text())["state"] == "stopped"
 
 
 def test_refusals_get_the_right_status_a_log_line_and_nothing_spooled(tools, checkpoint, orthanc, nodes, tmp_path):
