@@ -362,9 +362,7 @@ def test_external_commands_are_checked_against_the_script_not_run() -> None:
 
 def _tiny_demo_and_hand_xray(tmp: Path) -> None:
     """A tiny catheter demo run (``runs/demo_tiny``) for ``outliers.py catheter`` and a tiny hand X-ray folder."""
-    demo = [str(Path(sys.executable).parent / "monai-adaloss"), "demo", "--tiny", "--quiet", "--threads", "1"]
-    done = subprocess.run([*demo, "-o", str(tmp / "runs" / "demo_tiny")], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    _tiny_demo(tmp)
     _tiny_hand_xray(tmp)
 
 
@@ -384,6 +382,41 @@ LONG_DOCS.append(
         prepare=_tiny_demo_and_hand_xray,
     )
 )
+
+
+def _tiny_demo(tmp: Path) -> None:
+    """A tiny catheter demo run in ``runs/demo_tiny`` (synthetic data, trained model, ``results.json``)."""
+    demo = [str(Path(sys.executable).parent / "monai-adaloss"), "demo", "--tiny", "--quiet", "--threads", "1"]
+    done = subprocess.run([*demo, "-o", str(tmp / "runs" / "demo_tiny")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+
+
+LONG_DOCS += [
+    LongDoc(
+        "sigma_sweep.md",
+        {
+            "benchmarks/catheter_sigma_sweep.py": {
+                "--size": "32",
+                "--frame-size": "64",
+                "--n-train": "4",
+                "--n-test": "2",
+                "--epochs": "1",
+                "--batch-size": "2",
+                "--channels": ["4", "8", "16"],
+                "--runs": ["fixed_5", "adaloss_lr1e-3"],
+                "--threads": "1",
+            }
+        },
+        ("docs/images/lr_study.png", "docs/images/lr_study_median.png", "benchmarks_out/sweep_small/results.md"),
+    ),
+    LongDoc(
+        "synthetic_realism.md",
+        {"benchmarks/synthetic_realism.py": {"--n-test": "4"}},
+        ("runs/demo_tiny/results.json",),
+        replace={"/tmp/demo_n400": "runs/demo_tiny", "/tmp/demo_c": "runs/demo_tiny"},
+        prepare=_tiny_demo,
+    ),
+]
 
 
 @pytest.mark.parametrize("doc", LONG_DOCS, ids=lambda d: d.name)

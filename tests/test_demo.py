@@ -54,3 +54,23 @@ def test_tiny_demo_writes_every_output(tmp_path: Path, capsys: pytest.CaptureFix
     assert "gross errors:" in printed and "low_confidence threshold" in printed
     assert {row["flag"] for row in rows} <= {"", "low_confidence"}
     assert main(["demo", "--tiny", "-o", str(tmp_path), "--quiet"]) == 2  # never overwrites a finished demo
+
+
+def test_demo_refuses_an_unknown_schedule_and_schedule_args_alone(tmp_path: Path, capsys) -> None:
+    assert main(["demo", "--tiny", "-o", str(tmp_path / "a"), "--schedule", "nope"]) == 2
+    assert "unknown --schedule 'nope'" in capsys.readouterr().out
+    assert main(["demo", "--tiny", "-o", str(tmp_path / "b"), "--schedule-arg", "sigma=3"]) == 2
+    assert "--schedule-arg needs --schedule" in capsys.readouterr().out
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_schedule_overrides_swap_the_bundle_schedule() -> None:
+    from monai_adaloss.demo import _schedule_overrides
+
+    assert _schedule_overrides(None, None) == {}
+    learned = _schedule_overrides("learned", {"sigma_0": 3.0})
+    assert learned["adaloss_schedule"]["_target_"] == "monai_adaloss.schedules.make_schedule"
+    assert learned["adaloss_schedule"]["sigma_0"] == 3.0 and learned["loss#normalize"] == "mean"
+    assert "loss#normalize" not in _schedule_overrides("fixed", {"sigma": 3.0})
+    with pytest.raises(ValueError, match="must be one of"):
+        _schedule_overrides("nope", None)
