@@ -40,6 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
+from ..io.modalities import parse_modalities
 from ..tta import TestTimeAugmentation
 from .decode import DecodedFile, DecodeFailure, DecodeFn, DecodeSettings, decode_file
 from .errors import ExitCode, InferenceConfigError
@@ -206,8 +207,8 @@ class InferenceRunner:
         self.decode_timeout = decode_timeout
         self.decode_fn = decode_fn
         self.network_modules = tuple(network_modules)
-        self.modalities = None if modalities is None else tuple(m.strip().upper() for m in modalities if m.strip())
-        if self.modalities is not None and not self.modalities:
+        self.modalities = parse_modalities(modalities)
+        if modalities is not None and self.modalities is None:
             raise InferenceConfigError("Argument `modalities` names no modality; pass None for every image.")
         self.tta = tta
 

@@ -89,6 +89,8 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, get_decoder, iter_pixels, pixel_array
 from pydicom.uid import UID
 
+from .modalities import modality_allowed, modality_code, parse_modalities
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "MAGNIFICATION_RANGE",
@@ -283,7 +285,8 @@ class XRayDicomReader(ImageReader):
             :class:`DicomSpacingError`; ``"pixels"``: the spacing is unknown (pixel units) and
             ``spacing_source`` says why, e.g. ``"none (PixelSpacing must have 2 values ...)"``.
         modalities: read only files whose Modality is one of these (others raise
-            :class:`DicomSkippedError`); ``None``: every modality.
+            :class:`DicomSkippedError`); ``None`` or empty: every modality (the rule of
+            :mod:`monai_adaloss.io.modalities`, shared with ``monai-adaloss serve``).
 
     Raises:
         ValueError: when an argument is invalid.
@@ -304,7 +307,7 @@ class XRayDicomReader(ImageReader):
         if invalid_spacing not in ("raise", "pixels"):
             raise ValueError(f"Argument `invalid_spacing` must be 'raise' or 'pixels', got {invalid_spacing!r}.")
         self.invalid_spacing = invalid_spacing
-        self.modalities = None if modalities is None else tuple(str(m).strip().upper() for m in modalities)
+        self.modalities = parse_modalities(modalities)
         self.frame = _check_frame(frame)
         self.apply_voi_lut = apply_voi_lut
         self.max_pixels = max_pixels
@@ -380,10 +383,8 @@ class XRayDicomReader(ImageReader):
     def _inspect(self, path: str) -> _FrameLayout:
         """Read and validate the header of ``path`` (pixel data deferred), applying the documented defaults."""
         header, legacy = _read_header(path)
-        if self.modalities is not None:
-            modality = str(header.get("Modality", "") or "").strip().upper()
-            if modality not in self.modalities:
-                raise DicomSkippedError(path, modality, self.modalities)
+        if not modality_allowed(header.get("Modality"), self.modalities):
+            raise DicomSkippedError(path, modality_code(header.get("Modality")), self.modalities)
         from_dataset = legacy
         transfer_syntax = UID(header.file_meta.get("TransferSyntaxUID", "") or "")
         if not transfer_syntax:

@@ -11,6 +11,9 @@ from collections.abc import Collection, Iterable
 
 from pydicom import uid as dicom_uid
 
+from ..io.modalities import modality_allowed, modality_code
+from ..io.modalities import parse_modalities as io_parse_modalities
+
 __all__ = [
     "IMAGE_STORAGE_SOP_CLASSES",
     "STATUS_CANNOT_UNDERSTAND",
@@ -64,24 +67,19 @@ def valid_uid(value: str) -> bool:
 
 
 def parse_modalities(text: str | Iterable[str] | None) -> frozenset[str] | None:
-    """``"XA,RF"`` (or a list of such strings) -> ``{"XA", "RF"}``; ``None`` or empty: every modality."""
-    if text is None:
-        return None
-    items = [text] if isinstance(text, str) else list(text)
-    codes = {part.strip().upper() for item in items for part in item.split(",") if part.strip()}
-    return frozenset(codes) or None
+    """``"XA,RF"`` (or a list of such strings) -> ``{"XA", "RF"}``; ``None`` or empty: every modality
+    (:func:`monai_adaloss.io.modalities.parse_modalities`, as a set)."""
+    codes = io_parse_modalities(text)
+    return None if codes is None else frozenset(codes)
 
 
 def modality_refusal(modality: str | None, allowed: Collection[str] | None) -> str | None:
     """Why an instance of ``modality`` is not inferred under ``--modalities allowed``, or ``None``.
 
-    The same rule as ``monai-adaloss infer --modalities`` is meant to apply: the (0008,0060)
-    Modality value, case-insensitive, must be one of the listed codes; no list: everything passes.
+    The rule of ``monai-adaloss infer --modalities`` (:mod:`monai_adaloss.io.modalities`): the
+    (0008,0060) Modality value, case-insensitive, must be one of the listed codes; no list: everything passes.
     """
-    if not allowed:
+    if modality_allowed(modality, allowed):
         return None
-    value = (modality or "").strip().upper()
-    if value in allowed:
-        return None
-    shown = value or "(none)"
+    shown = modality_code(modality) or "(none)"
     return f"modality {shown} is not one of --modalities {','.join(sorted(allowed))}"
