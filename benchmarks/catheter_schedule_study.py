@@ -37,37 +37,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
+from schedule_study import interval, schedule_arguments
 
-SCHEDULES: dict[str, list[str]] = {
-    "default": [],
-    "paper": ["--schedule", "paper"],
-    "spread": ["--schedule", "spread", "--schedule-arg", "max_step_fraction=0.5"],
-    "geometric": ["--schedule", "geometric", "--schedule-arg", "rate=0.7", "period=3", "sigma_min=2"],
-    "learned": ["--schedule", "learned", "--schedule-arg", "sigma_0=3", "penalty_weight=1e-3", "sigma_min=1"],
-}
 METRICS = ("mean", "median", "p95", "outlier_rate", "sdr_2", "sdr_4", "confidence_auroc", "final_sigma")
 OUTLIER_RADIUS_PX = 10.0
-
-
-def schedule_arguments(name: str) -> list[str]:
-    """``monai-adaloss demo`` arguments of a schedule name (``fixed_<s>`` or a key of ``SCHEDULES``)."""
-    if name.startswith("fixed_"):
-        return ["--schedule", "fixed", "--schedule-arg", f"sigma={float(name.removeprefix('fixed_'))}"]
-    if name not in SCHEDULES:
-        raise SystemExit(f"Unknown schedule {name!r}: use one of {sorted(SCHEDULES)} or fixed_<sigma>.")
-    return SCHEDULES[name]
-
-
-def interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and 95 % t-interval bounds of the finite ``values`` (NaN bounds for fewer than two)."""
-    finite = np.asarray(values, dtype=float)
-    finite = finite[np.isfinite(finite)]
-    if finite.size < 2:
-        return (float(finite.mean()) if finite.size else math.nan), math.nan, math.nan
-    mean = float(finite.mean())
-    half = stats.t.ppf(0.975, finite.size - 1) * float(finite.std(ddof=1)) / math.sqrt(finite.size)
-    return mean, mean - half, mean + half
 
 
 def run_row(folder: Path) -> dict[str, float]:
@@ -154,7 +127,7 @@ def main() -> None:
             if args.aggregate_only or (folder / "results.json").exists():
                 continue
             command = [sys.executable, "-m", "monai_adaloss", "demo", "--quiet", "--seed", str(seed),
-                       "--output-dir", str(folder), *schedule_arguments(name), *extra]  # fmt: skip
+                       "--output-dir", str(folder), *schedule_arguments(name, []), *extra]  # fmt: skip
             print("+", " ".join(command), flush=True)
             subprocess.run(command, check=False)  # exit 1 = not better than the centre guess: still a result
     rows = {}

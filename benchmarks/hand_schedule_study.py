@@ -33,34 +33,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from scipy import stats
+from schedule_study import interval, schedule_arguments
 
-SCHEDULES: dict[str, list[str]] = {
-    "default": ["--schedule", "default"],
-    "paper": ["--schedule", "paper"],
-    "spread": ["--schedule", "spread", "--schedule-arg", "max_step_fraction=0.5"],
-    "geometric": ["--schedule", "geometric", "--schedule-arg", "rate=0.7", "period=3", "sigma_min=2"],
-    "learned": ["--schedule", "learned", "--schedule-arg", "sigma_0=3", "penalty_weight=1e-3", "sigma_min=1"],
-}
 METRICS = ("mean", "median", "p95", "outlier_rate", "sdr_8", "sdr_16", "swapped_rate", "final_sigma_median")
-
-
-def schedule_arguments(name: str) -> list[str]:
-    """``outliers.py hand`` arguments of a schedule name (``fixed_<s>`` or a key of ``SCHEDULES``)."""
-    if name.startswith("fixed_"):
-        return ["--schedule", "fixed", "--schedule-arg", f"sigma={float(name.removeprefix('fixed_'))}"]
-    if name not in SCHEDULES:
-        raise SystemExit(f"Unknown schedule {name!r}: use one of {sorted(SCHEDULES)} or fixed_<sigma>.")
-    return SCHEDULES[name]
-
-
-def interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and 95 % t-interval half-width bounds of ``values`` (NaN bounds for one value)."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, math.nan, math.nan
-    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-    return mean, mean - half, mean + half
 
 
 def read_rows(folder: Path) -> dict[int, dict]:
@@ -91,7 +66,7 @@ def main() -> None:
             continue
         command = [sys.executable, str(script), "hand", "--data", str(args.data), "--network", "scn",
                    "--seeds", *map(str, args.seeds), "--epochs", str(args.epochs), "--output-dir", str(folder),
-                   *schedule_arguments(name), *extra]  # fmt: skip
+                   *schedule_arguments(name, ["--schedule", "default"]), *extra]  # fmt: skip
         print("+", " ".join(command), flush=True)
         subprocess.run(command, check=True)
     rows = {name: read_rows(args.output_dir / name) for name in args.schedules if (args.output_dir / name).exists()}
