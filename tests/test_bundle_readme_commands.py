@@ -328,8 +328,23 @@ LONG_DOCS = [
     ),
     LongDoc(
         "adaloss.md",
-        {"benchmarks/adaloss_adaptivity.py": {"--quick": [], "--seeds": ["0"], "--epochs": "2", "--threads": "1"}},
-        ("benchmarks_out/adaloss_adaptivity.jsonl", "benchmarks_out/adaloss_adaptivity.md", "docs/images/adaptivity"),
+        {
+            "benchmarks/adaloss_adaptivity.py": {"--quick": [], "--seeds": ["0"], "--epochs": "2", "--threads": "1"},
+            "demo": {"--profile": "tiny", "--threads": "1"},  # monai-adaloss demo
+            "benchmarks/catheter_schedule_study.py": {
+                "--seeds": ["0"],
+                "--schedules": ["default", "fixed_3"],
+                "--": ["--tiny", "--threads", "1"],
+            },
+        },
+        (
+            "benchmarks_out/adaloss_adaptivity.jsonl",
+            "benchmarks_out/adaloss_adaptivity.md",
+            "docs/images/adaptivity",
+            "benchmarks_out/catheter_schedules/study.md",
+            "benchmarks_out/catheter_schedules/fixed_3/seed0/results.json",
+        ),
+        replace={"for seed in 0 1 2;": "for seed in 0;"},
     ),
     LongDoc(
         "annotation_noise.md",
