@@ -3,7 +3,7 @@
 A :class:`LandmarkModelInfo` goes into the training checkpoint next to the network weights
 (``CheckpointSaver(save_dict={"network": net, ..., "model_info": info})``). Its ``state_dict()``
 holds plain Python values only (loads with ``torch.load(..., weights_only=True)``) and reads the
-final per-landmark sigma from the live :class:`~monai_adaloss.adaloss.AdalossSchedule` at save time.
+final per-landmark sigma from the live schedule (any :class:`~monai_adaloss.adaloss.SigmaSchedule`) at save time.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .adaloss import AdalossSchedule
+from .adaloss import SigmaSchedule
 
 __all__ = ["LandmarkModelInfo", "load_model_info"]
 
@@ -53,7 +53,7 @@ class LandmarkModelInfo:
     max_instances: int = 1
     decoding: Mapping[str, Any] = field(default_factory=dict)
     sigma: Sequence[float] | None = None
-    schedule: AdalossSchedule | None = None
+    schedule: SigmaSchedule | None = None
     confidence_threshold: float | None = None
 
     def __post_init__(self) -> None:
