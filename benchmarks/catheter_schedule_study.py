@@ -30,14 +30,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-from schedule_study import interval, schedule_arguments
+from schedule_study import interval, schedule_arguments, summary_table
 
 METRICS = ("mean", "median", "p95", "outlier_rate", "sdr_2", "sdr_4", "confidence_auroc", "final_sigma")
 OUTLIER_RADIUS_PX = 10.0
@@ -77,17 +75,8 @@ def table(rows: dict[str, dict[int, dict[str, float]]], seeds: list[int], refere
         "",
         "Mean over seeds [95 % t-interval]; errors in px of the 256 x 256 frame; outlier: > 10 px.",
         "",
-        "| schedule | seeds | " + " | ".join(METRICS) + " | train s |",
-        "|---|---|" + "---|" * (len(METRICS) + 1),
     ]
-    for name, by_seed in rows.items():
-        done = [s for s in seeds if s in by_seed]
-        cells = []
-        for metric in METRICS:
-            mean, low, high = interval([by_seed[s][metric] for s in done])
-            cells.append(f"{mean:.3g} [{low:.3g}, {high:.3g}]" if math.isfinite(low) else f"{mean:.3g}")
-        train = statistics.fmean(by_seed[s]["train_s"] for s in done)
-        lines.append(f"| {name} | {len(done)} | " + " | ".join(cells) + f" | {train:.0f} |")
+    lines += summary_table(rows, seeds, METRICS)
     if reference in rows:
         lines += ["", f"Paired per seed against `{reference}` (other minus reference; negative = better):", ""]
         lines += ["| schedule | seeds | mean difference [95 %] | outlier-rate difference [95 %] | better (mean) |"]

@@ -27,13 +27,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-from schedule_study import interval, schedule_arguments
+from schedule_study import interval, schedule_arguments, summary_table
 
 METRICS = ("mean", "median", "p95", "outlier_rate", "sdr_8", "sdr_16", "swapped_rate", "final_sigma_median")
 
@@ -75,17 +73,8 @@ def main() -> None:
         "",
         "Mean over seeds [95 % t-interval]; errors in PNG px (longer side 512).",
         "",
-        "| schedule | seeds | " + " | ".join(METRICS) + " | train s |",
-        "|---|---|" + "---|" * (len(METRICS) + 1),
     ]
-    for name, by_seed in rows.items():
-        seeds = [s for s in args.seeds if s in by_seed]
-        cells = []
-        for metric in METRICS:
-            mean, low, high = interval([float(by_seed[s][metric]) for s in seeds])
-            cells.append(f"{mean:.3g} [{low:.3g}, {high:.3g}]" if math.isfinite(low) else f"{mean:.3g}")
-        train = statistics.fmean(float(by_seed[s]["train_s"]) for s in seeds)
-        lines.append(f"| {name} | {len(seeds)} | " + " | ".join(cells) + f" | {train:.0f} |")
+    lines += summary_table(rows, args.seeds, METRICS)
     reference = rows.get(args.reference)
     if reference:
         lines += ["", f"Paired per seed against `{args.reference}` (other minus reference; negative = better):", ""]

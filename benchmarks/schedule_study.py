@@ -7,6 +7,8 @@ tasks), and the mean with its 95 % t-interval over seeds.
 from __future__ import annotations
 
 import math
+import statistics
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy import stats
@@ -44,3 +46,21 @@ def interval(values: list[float]) -> tuple[float, float, float]:
     mean = float(finite.mean())
     half = stats.t.ppf(0.975, finite.size - 1) * float(finite.std(ddof=1)) / math.sqrt(finite.size)
     return mean, mean - half, mean + half
+
+
+def summary_table(rows: Mapping[str, Mapping[int, Mapping[str, object]]], seeds: Sequence[int],
+                  metrics: Sequence[str]) -> list[str]:  # fmt: skip
+    """Markdown lines: per schedule, the mean [95 % t-interval] of each metric over ``seeds`` and the training time.
+
+    ``rows``: schedule -> seed -> metric values (numbers or their text, as read from a CSV), with ``train_s``.
+    """
+    lines = ["| schedule | seeds | " + " | ".join(metrics) + " | train s |", "|---|---|" + "---|" * (len(metrics) + 1)]
+    for name, by_seed in rows.items():
+        done = [s for s in seeds if s in by_seed]
+        cells = []
+        for metric in metrics:
+            mean, low, high = interval([float(by_seed[s][metric]) for s in done])
+            cells.append(f"{mean:.3g} [{low:.3g}, {high:.3g}]" if math.isfinite(low) else f"{mean:.3g}")
+        train = statistics.fmean(float(by_seed[s]["train_s"]) for s in done)
+        lines.append(f"| {name} | {len(done)} | " + " | ".join(cells) + f" | {train:.0f} |")
+    return lines
