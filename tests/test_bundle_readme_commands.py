@@ -381,7 +381,14 @@ def _tiny_demo_and_hand_xray(tmp: Path) -> None:
     _tiny_hand_xray(tmp)
 
 
-LONG_DOCS.append(
+def _tiny_demo(tmp: Path) -> None:
+    """A tiny catheter demo run in ``runs/demo_tiny`` (synthetic data, trained model, ``results.json``)."""
+    demo = [str(Path(sys.executable).parent / "monai-adaloss"), "demo", "--tiny", "--quiet", "--threads", "1"]
+    done = subprocess.run([*demo, "-o", str(tmp / "runs" / "demo_tiny")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+
+
+LONG_DOCS += [
     LongDoc(
         "accuracy.md",
         {
@@ -395,18 +402,7 @@ LONG_DOCS.append(
         },
         needs=SHARED / "hand_xray",
         prepare=_tiny_demo_and_hand_xray,
-    )
-)
-
-
-def _tiny_demo(tmp: Path) -> None:
-    """A tiny catheter demo run in ``runs/demo_tiny`` (synthetic data, trained model, ``results.json``)."""
-    demo = [str(Path(sys.executable).parent / "monai-adaloss"), "demo", "--tiny", "--quiet", "--threads", "1"]
-    done = subprocess.run([*demo, "-o", str(tmp / "runs" / "demo_tiny")], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-
-
-LONG_DOCS += [
+    ),
     LongDoc(
         "sigma_sweep.md",
         {
