@@ -38,7 +38,9 @@ _FIT_FLOOR = 0.2
 _WINDOW_PER_HALF_WIDTH = 2.0
 
 
-def decode_single_instance(heatmaps: torch.Tensor, refine: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_single_instance(
+    heatmaps: torch.Tensor, refine: bool = True, log_probabilities: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode one point per heatmap channel: integer argmax, then sub-voxel refinement.
 
     Args:
@@ -48,6 +50,9 @@ def decode_single_instance(heatmaps: torch.Tensor, refine: bool = True) -> tuple
             described in the module docstring. Along an axis where the fit is degenerate (fewer than
             three voxels above the floor, a non-positive peak, or no downward curvature) the integer
             coordinate is kept.
+        log_probabilities: the heatmaps are per-channel log-probability maps (a network with
+            ``output="log_probability"``); they are decoded from their ``exp``, so the confidence is
+            the probability of the peak voxel.
 
     Returns:
         ``points`` ``(B, L, 1, D)`` in voxel indices, spatial-axis order, and ``confidence``
@@ -60,6 +65,8 @@ def decode_single_instance(heatmaps: torch.Tensor, refine: bool = True) -> tuple
     """
     spatial_shape = _check_heatmaps(heatmaps)
     heatmaps = heatmaps.as_subclass(torch.Tensor)  # points carry no image metadata (a MetaTensor's affine)
+    if log_probabilities:
+        heatmaps = heatmaps.exp()
     batch, num_landmarks = heatmaps.shape[:2]
     out_dtype = _output_dtype(heatmaps)
     flat = heatmaps.reshape(batch * num_landmarks, -1).to(out_dtype)
@@ -87,6 +94,7 @@ def decode_multi_instance(
     nms_kernel: int = 11,
     threshold: float = 0.5,
     refine: bool = True,
+    log_probabilities: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode up to ``max_instances`` points per heatmap channel (the paper's EndoVis decoding).
 
@@ -108,6 +116,8 @@ def decode_multi_instance(
         threshold: absolute minimum of a peak's filtered value (its score).
         refine: refine each peak to sub-voxel precision; otherwise return the voxel (or plateau
             centre) coordinates.
+        log_probabilities: the heatmaps are log-probability maps, decoded from their ``exp``
+            (``threshold`` then applies to probabilities).
 
     Returns:
         ``points`` ``(B, L, K_max, D)`` in voxel indices, spatial-axis order, NaN in unused slots,
@@ -121,6 +131,8 @@ def decode_multi_instance(
     """
     spatial_shape = _check_heatmaps(heatmaps)
     heatmaps = heatmaps.as_subclass(torch.Tensor)  # points carry no image metadata (a MetaTensor's affine)
+    if log_probabilities:
+        heatmaps = heatmaps.exp()
     ndim = len(spatial_shape)
     if isinstance(max_instances, bool) or not isinstance(max_instances, int) or max_instances < 1:
         raise ValueError(f"Argument `max_instances` must be a positive integer, got {max_instances}.")

@@ -204,7 +204,8 @@ class DemoReport:
             "",
             f"- test frames: {len(self.errors('centre', False))} with a tip, {self.misses} without a prediction; "
             f"errors in pixels of the original {p.frame_size}x{p.frame_size} frames",
-            f"- training: {p.n_train} frames, input {p.input_size}x{p.input_size}, {p.network} {list(p.channels)}, "
+            f"- training: {p.n_train} frames, input {p.input_size}x{p.input_size}, {p.network} {list(p.channels)} "
+            f"({p.heatmap_output} output), "
             f"{p.epochs} epochs; best validation epoch {self.best_epoch} (outlier rate "
             f"{100 * best['val_outlier_rate']:.1f} %, median {best['val_median_dist_px']:.2f} px, "
             f"mean {best['val_mean_dist_px']:.2f} px)",
@@ -271,9 +272,10 @@ def _network_overrides(network: str) -> dict[str, Any]:
             "in_channels": 1,
             "out_channels": "$len(@landmark_names)",
             "channels": "@network_channels",
+            "output": "@heatmap_output",
         },
         "network_config": f"$dict(_target_='monai_adaloss.networks.{network}', in_channels=1, "
-        "out_channels=len(@landmark_names), channels=list(@network_channels))",
+        "out_channels=len(@landmark_names), channels=list(@network_channels), output=@heatmap_output)",
     }
 
 
@@ -323,6 +325,7 @@ def _train(
         dataset_dir=str(datalist.parent),
         input_size=[profile.input_size] * 2,
         network_channels=list(profile.channels),
+        heatmap_output=profile.heatmap_output,
         max_epochs=profile.epochs,
         train_batch_size=profile.batch_size,
         num_workers=0,

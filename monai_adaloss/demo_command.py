@@ -64,6 +64,12 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--n-train", type=int, help="override the profile's training frames")
     parser.add_argument("--input-size", type=int, help="override the profile's network input size")
     parser.add_argument("--batch-size", type=int, help="override the profile's training batch size")
+    parser.add_argument(
+        "--heatmap-output",
+        choices=("heatmap", "log_probability"),
+        help="override the profile's network output and loss: linear heatmaps with a squared error (the paper's) "
+        "or spatial log-softmax with cross-entropy",
+    )
     parser.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: at most 2)")
     parser.add_argument(
@@ -119,6 +125,7 @@ def _run_demo_command(args: argparse.Namespace) -> int:
         "n_train": args.n_train,
         "input_size": args.input_size,
         "batch_size": args.batch_size,
+        "heatmap_output": args.heatmap_output,
     }
     profile = replace(PROFILES[args.profile], **{k: v for k, v in overrides.items() if v is not None})
     try:

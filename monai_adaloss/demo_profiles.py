@@ -25,6 +25,9 @@ class DemoProfile:
         network: factory in :mod:`monai_adaloss.networks` that builds the network from
             ``in_channels``, ``out_channels`` and ``channels`` (the bundle's default, the paper's
             ``catheter_unet``, or ``catheter_context_unet``).
+        heatmap_output: the network's output and loss, the bundle's ``heatmap_output``: ``"heatmap"``
+            (linear heatmaps, squared error: the paper's) or ``"log_probability"`` (spatial
+            log-softmax, cross-entropy against the normalised target; :mod:`monai_adaloss.networks`).
         smoke_test: the profile only checks that every step runs (too small to learn): its result is
             "every step ran", not a comparison with the centre guess, and the command exits 0.
     """
@@ -38,6 +41,7 @@ class DemoProfile:
     epochs: int
     batch_size: int = 8
     network: str = "catheter_unet"
+    heatmap_output: str = "heatmap"
     smoke_test: bool = False
 
 

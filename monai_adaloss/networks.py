@@ -23,6 +23,7 @@ from monai.networks.layers.factories import Pool
 from torch import nn
 
 __all__ = [
+    "HEATMAP_OUTPUTS",
     "AddCoordinates",
     "DenseHeatmapUNet",
     "HeatmapUNet",
@@ -32,7 +33,14 @@ __all__ = [
     "endoscopy_unet",
     "face_dense_unet",
     "hand_scn",
+    "SpatialLogSoftmax",
 ]
+
+HEATMAP_OUTPUTS = ("heatmap", "log_probability")
+"""What a heatmap network's output holds: ``"heatmap"`` (linear, compared with Gaussian targets by a
+squared error) or ``"log_probability"`` (a :class:`SpatialLogSoftmax` after the linear output: each
+channel is a log-probability distribution over the voxels, trained by cross-entropy against the
+normalised Gaussian target and decoded from ``exp`` of it)."""
 
 
 class AddCoordinates(nn.Module):
@@ -55,6 +63,31 @@ class AddCoordinates(nn.Module):
             expanded = [x.shape[0], 1] + spatial  # noqa: RUF005 (TorchScript has no list unpacking)
             channels.append(position.reshape(shape).expand(expanded))
         return torch.cat(channels, dim=1)
+
+
+class SpatialLogSoftmax(nn.Module):
+    """Log-softmax over the spatial axes of each channel: every channel becomes a log-probability map.
+
+    ``exp`` of the output sums to 1 over the voxels of each ``(sample, channel)``, so all voxels of a
+    landmark compete for one unit of probability: a second peak on a distractor takes mass from the
+    right one, which a cross-entropy loss penalises in proportion (a squared error against a Gaussian
+    target barely sees a narrow false peak).
+
+    Shapes: ``(B, C, *spatial) -> (B, C, *spatial)``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(x.flatten(2), dim=2).reshape(x.shape)
+
+
+def _check_output(output: str) -> str:
+    if output not in HEATMAP_OUTPUTS:
+        raise ValueError(f"Argument `output` must be one of {HEATMAP_OUTPUTS}, got {output!r}.")
+    return output
+
+
+def _output_layer(output: str) -> nn.Module:
+    return SpatialLogSoftmax() if _check_output(output) == "log_probability" else nn.Identity()
 
 
 class _SkipConnectionUNet(nn.Module):
@@ -103,9 +136,11 @@ class HeatmapUNet(_SkipConnectionUNet):
         coordinates: append CoordConv position channels (:class:`AddCoordinates`) to the input, so
             that the first convolution sees ``in_channels + spatial_dims`` channels (off by default:
             the paper's networks have none).
+        output: ``"heatmap"`` (linear output, the paper's) or ``"log_probability"`` (a
+            :class:`SpatialLogSoftmax` after it), see :data:`HEATMAP_OUTPUTS`.
 
-    Shapes: ``(B, in_channels, *spatial) -> (B, out_channels, *spatial)``; the output is linear
-    (no final activation), to be compared with Gaussian targets.
+    Shapes: ``(B, in_channels, *spatial) -> (B, out_channels, *spatial)``; with ``output="heatmap"``
+    the output is linear (no final activation), to be compared with Gaussian targets.
 
     Receptive field (measured from the input gradient of one output voxel, 1D): 69 voxels for the
     paper's three levels with kernel 5, 173 for five levels with kernel 3 and 329 for five levels
@@ -122,6 +157,7 @@ class HeatmapUNet(_SkipConnectionUNet):
         act: str | tuple = "relu",
         norm: str | tuple = "batch",
         coordinates: bool = False,
+        output: str = "heatmap",
     ) -> None:
         super().__init__()
         if spatial_dims not in (1, 2, 3):
@@ -130,6 +166,7 @@ class HeatmapUNet(_SkipConnectionUNet):
             raise ValueError(f"Argument `channels` must hold at least 2 levels, got {tuple(channels)}.")
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"Argument `kernel_size` must be an odd positive integer, got {kernel_size}.")
+        _check_output(output)
         self.spatial_dims = spatial_dims
         self.levels = len(channels)
         self.stem = AddCoordinates() if coordinates else nn.Identity()
@@ -149,13 +186,20 @@ class HeatmapUNet(_SkipConnectionUNet):
         for width in reversed(channels[:-1]):
             self.decoders.append(nn.Sequential(conv(previous + width, width), conv(width, width)))
             previous = width
-        self.head = Convolution(spatial_dims, channels[0], out_channels, kernel_size=1, conv_only=True)
+        head = Convolution(spatial_dims, channels[0], out_channels, kernel_size=1, conv_only=True)
+        self.head = head if output == "heatmap" else nn.Sequential(head, _output_layer(output))
         self._interp_mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[spatial_dims]
 
 
-def catheter_unet(in_channels: int = 1, out_channels: int = 1, channels: Sequence[int] = (16, 32, 64)) -> HeatmapUNet:
-    """The paper's catheter-tip U-Net: 9 conv layers, kernel 5, BatchNorm + ReLU (2D)."""
-    return HeatmapUNet(2, in_channels, out_channels, channels=channels, kernel_size=5, act="relu", norm="batch")
+def catheter_unet(
+    in_channels: int = 1, out_channels: int = 1, channels: Sequence[int] = (16, 32, 64), output: str = "heatmap"
+) -> HeatmapUNet:
+    """The paper's catheter-tip U-Net: 9 conv layers, kernel 5, BatchNorm + ReLU (2D).
+
+    ``output="log_probability"`` adds a :class:`SpatialLogSoftmax` (see :data:`HEATMAP_OUTPUTS`)."""
+    return HeatmapUNet(
+        2, in_channels, out_channels, channels=channels, kernel_size=5, act="relu", norm="batch", output=output
+    )
 
 
 def catheter_context_unet(
@@ -164,6 +208,7 @@ def catheter_context_unet(
     channels: Sequence[int] = (8, 16, 32, 64, 128),
     kernel_size: int = 3,
     coordinates: bool = True,
+    output: str = "heatmap",
 ) -> HeatmapUNet:
     """The catheter U-Net made to see the whole frame: five levels, kernel 3 and CoordConv channels (ours).
 
@@ -183,6 +228,7 @@ def catheter_context_unet(
         act="relu",
         norm="batch",
         coordinates=coordinates,
+        output=output,
     )
 
 
@@ -273,9 +319,10 @@ class DenseHeatmapUNet(_SkipConnectionUNet):
         kernel_size: odd convolution kernel size (the paper: 11).
         act: MONAI activation name or (name, args).
         norm: MONAI normalisation name, e.g. ``"batch"`` or ``"instance"``.
+        output: ``"heatmap"`` or ``"log_probability"``, see :data:`HEATMAP_OUTPUTS`.
 
-    Shapes: ``(B, in_channels, *spatial) -> (B, out_channels, *spatial)``; the output is linear
-    (no final activation), to be compared with Gaussian targets.
+    Shapes: ``(B, in_channels, *spatial) -> (B, out_channels, *spatial)``; with ``output="heatmap"``
+    the output is linear (no final activation), to be compared with Gaussian targets.
     """
 
     def __init__(
@@ -289,6 +336,7 @@ class DenseHeatmapUNet(_SkipConnectionUNet):
         kernel_size: int = 11,
         act: str | tuple = "relu",
         norm: str | tuple = "batch",
+        output: str = "heatmap",
     ) -> None:
         super().__init__()
         if spatial_dims not in (1, 2, 3):
@@ -302,6 +350,7 @@ class DenseHeatmapUNet(_SkipConnectionUNet):
                 raise ValueError(f"Argument `{name}` must be a positive integer, got {value}.")
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"Argument `kernel_size` must be an odd positive integer, got {kernel_size}.")
+        _check_output(output)
         self.spatial_dims = spatial_dims
         self.levels = len(block_layers)
 
@@ -322,7 +371,8 @@ class DenseHeatmapUNet(_SkipConnectionUNet):
             skip_channels = self.encoders[level].out_channels
             self.decoders.append(block(previous + skip_channels, block_layers[level], keep_input=level == 0))
             previous = self.decoders[-1].out_channels
-        self.head = Convolution(spatial_dims, previous, out_channels, kernel_size=1, conv_only=True)
+        head = Convolution(spatial_dims, previous, out_channels, kernel_size=1, conv_only=True)
+        self.head = head if output == "heatmap" else nn.Sequential(head, _output_layer(output))
         self._interp_mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[spatial_dims]
 
 
@@ -381,6 +431,8 @@ class SpatialConfigurationNet(nn.Module):
         coordinates: CoordConv channels at the input of both branches.
         norm: normalisation of the local-appearance U-Net.
         sc_initial_bias: initial bias of the last spatial-configuration convolution.
+        output: ``"heatmap"`` (the product, linear) or ``"log_probability"`` (a
+            :class:`SpatialLogSoftmax` of the product), see :data:`HEATMAP_OUTPUTS`.
 
     Shapes: ``(B, in_channels, *spatial) -> (B, out_channels, *spatial)``.
     """
@@ -399,8 +451,10 @@ class SpatialConfigurationNet(nn.Module):
         coordinates: bool = True,
         norm: str | tuple = "batch",
         sc_initial_bias: float = 0.5,
+        output: str = "heatmap",
     ) -> None:
         super().__init__()
+        self.output_layer = _output_layer(output)
         if sc_layers < 1:
             raise ValueError(f"Argument `sc_layers` must be >= 1, got {sc_layers}.")
         if sc_downsample < 1:
@@ -438,12 +492,15 @@ class SpatialConfigurationNet(nn.Module):
         local = self.local_appearance(x)
         config = self.spatial_configuration(self.sc_coordinates(self.sc_pool(local)))
         config = nn.functional.interpolate(config, size=local.shape[2:], mode=self._interp_mode, align_corners=False)
-        return local * torch.tanh(config)
+        return self.output_layer(local * torch.tanh(config))
 
 
 def hand_scn(
-    in_channels: int = 1, out_channels: int = 37, channels: Sequence[int] = (16, 32, 64, 128)
+    in_channels: int = 1,
+    out_channels: int = 37,
+    channels: Sequence[int] = (16, 32, 64, 128),
+    output: str = "heatmap",
 ) -> SpatialConfigurationNet:
     """The hand X-ray spatial-configuration network (ours): four-level local U-Net, kernel 3, CoordConv,
     three 7x7 spatial-configuration convolutions at a quarter of the input resolution."""
-    return SpatialConfigurationNet(2, in_channels, out_channels, channels=channels)
+    return SpatialConfigurationNet(2, in_channels, out_channels, channels=channels, output=output)

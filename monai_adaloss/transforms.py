@@ -775,6 +775,7 @@ class DecodeHeatmap(Transform):
         max_instances: ``K_max`` for multi-instance decoding, or None for one instance.
         refine: sub-voxel refinement of each peak.
         median_kernel, nms_kernel, threshold: see ``decode_multi_instance``.
+        log_probabilities: the heatmaps are log-probability maps (decoded from their ``exp``).
     """
 
     backend: ClassVar[list[TransformBackends]] = [TransformBackends.TORCH]
@@ -786,12 +787,14 @@ class DecodeHeatmap(Transform):
         median_kernel: int | Sequence[int] | None = 7,
         nms_kernel: int = 11,
         threshold: float = 0.5,
+        log_probabilities: bool = False,
     ) -> None:
         self.max_instances = None if max_instances is None else _check_positive_int(max_instances, "max_instances")
         self.refine = refine
         self.median_kernel = median_kernel
         self.nms_kernel = nms_kernel
         self.threshold = threshold
+        self.log_probabilities = log_probabilities
 
     def __call__(self, heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``points`` ``(L, K, D)`` and ``confidence`` ``(L, K)`` for ``heatmaps`` ``(L, *spatial)``."""
@@ -801,10 +804,18 @@ class DecodeHeatmap(Transform):
                 f"Argument `heatmaps` must have shape (L, *spatial) with 1 to 3 spatial dims, got {tuple(maps.shape)}."
             )
         if self.max_instances is None or self.max_instances == 1:
-            points, confidence = decode_single_instance(maps[None], refine=self.refine)
+            points, confidence = decode_single_instance(
+                maps[None], refine=self.refine, log_probabilities=self.log_probabilities
+            )
         else:
             points, confidence = decode_multi_instance(
-                maps[None], self.max_instances, self.median_kernel, self.nms_kernel, self.threshold, self.refine
+                maps[None],
+                self.max_instances,
+                self.median_kernel,
+                self.nms_kernel,
+                self.threshold,
+                self.refine,
+                self.log_probabilities,
             )
         points, confidence = points[0], confidence[0]
         if isinstance(heatmaps, MetaTensor):
@@ -820,7 +831,8 @@ class DecodeHeatmapd(MapTransform):
         keys: keys of the heatmaps ``(L, *spatial)``.
         points_keys: output keys of the points, one per key; default ``f"{key}_points"``.
         confidence_keys: output keys of the confidence, one per key; default ``f"{key}_confidence"``.
-        max_instances, refine, median_kernel, nms_kernel, threshold: see :class:`DecodeHeatmap`.
+        max_instances, refine, median_kernel, nms_kernel, threshold, log_probabilities: see
+            :class:`DecodeHeatmap`.
         allow_missing_keys: don't raise an exception when a key is missing.
     """
 
@@ -837,11 +849,12 @@ class DecodeHeatmapd(MapTransform):
         nms_kernel: int = 11,
         threshold: float = 0.5,
         allow_missing_keys: bool = False,
+        log_probabilities: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.points_keys = _output_keys(points_keys, self.keys, "points_keys", "_points")
         self.confidence_keys = _output_keys(confidence_keys, self.keys, "confidence_keys", "_confidence")
-        self.decoder = DecodeHeatmap(max_instances, refine, median_kernel, nms_kernel, threshold)
+        self.decoder = DecodeHeatmap(max_instances, refine, median_kernel, nms_kernel, threshold, log_probabilities)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

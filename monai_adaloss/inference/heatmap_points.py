@@ -56,17 +56,25 @@ class HeatmapDecoder:
 
 
 def _target_peaks(info: LandmarkModelInfo) -> torch.Tensor:
-    """``(L,)`` peak value of a clean training target per landmark (1 unless ``normalize="mean"``)."""
+    """``(L,)`` peak value of a clean training target per landmark.
+
+    1 for peak-1 targets; the peak of the mean-normalised target for ``normalize="mean"``; the peak
+    probability of the normalised target for log-probability networks (``decoding`` has
+    ``log_probabilities``), so that the confidence is about 1 for a prediction as sharp as the target.
+    """
     num_landmarks = len(info.landmark_names)
     sigma = info.current_sigma()
-    if info.normalize != "mean":
+    log_probabilities = bool(info.decoding.get("log_probabilities", False))
+    if info.normalize != "mean" and not log_probabilities:
         return torch.ones(num_landmarks)
     if sigma is None:
-        logger.warning(
-            "The model was trained with mean-normalised targets but stores no sigma: confidence is the raw peak."
-        )
+        logger.warning("The model's targets are normalised but it stores no sigma: confidence is the raw peak.")
         return torch.ones(num_landmarks)
     centre = torch.tensor([s // 2 for s in info.input_size], dtype=torch.float64)  # on a voxel: sampled peak 1
     points = centre.expand(1, num_landmarks, 1, len(info.input_size))
-    target = render_gaussian_heatmaps(points, torch.tensor(sigma, dtype=torch.float64), info.input_size, "mean")
+    sigma_tensor = torch.tensor(sigma, dtype=torch.float64)
+    if log_probabilities:
+        target = render_gaussian_heatmaps(points, sigma_tensor, info.input_size)
+        return (1.0 / target.flatten(2).sum(dim=2)[0]).float()
+    target = render_gaussian_heatmaps(points, sigma_tensor, info.input_size, "mean")
     return target.flatten(2).amax(dim=2)[0].float()
