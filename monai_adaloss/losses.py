@@ -54,12 +54,12 @@ class AdalossHeatmapLoss(nn.Module):
         criterion: ``"mse"`` or ``"cross_entropy"`` (see above; :data:`HEATMAP_CRITERIA`).
 
     After each call, ``last_channel_sums`` ``(L,)`` holds the per-landmark sum over the batch of
-    each present sample's loss (spatial-mean squared error, or KL divergence), and ``last_channel_counts`` ``(L,)`` the number of
-    samples in which the landmark is present (both detached, on ``pred``'s device), so that an epoch
-    mean per landmark is ``sum(sums) / sum(counts)``; ``last_channel_losses`` is their ratio for the
-    last batch (NaN for a landmark absent from the whole batch). ``last_channel_reference_sums`` ``(L,)``
-    is the same sum for the all-zero prediction (the spatial mean of target^2; for cross-entropy the
-    uniform prediction), so that
+    each present sample's loss (spatial-mean squared error, or KL divergence), and
+    ``last_channel_counts`` ``(L,)`` the number of samples in which the landmark is present (both
+    detached, on ``pred``'s device), so that an epoch mean per landmark is ``sum(sums) / sum(counts)``;
+    ``last_channel_losses`` is their ratio for the last batch (NaN for a landmark absent from the
+    whole batch). ``last_channel_reference_sums`` ``(L,)`` is the same sum for the all-zero prediction
+    (the spatial mean of target^2; for cross-entropy the uniform prediction), so that
     ``sums / reference_sums`` is the relative loss that some schedules use (it does not jump when sigma
     moves the loss scale).
     """

@@ -28,12 +28,12 @@ __all__ = [
     "DenseHeatmapUNet",
     "HeatmapUNet",
     "SpatialConfigurationNet",
+    "SpatialLogSoftmax",
     "catheter_context_unet",
     "catheter_unet",
     "endoscopy_unet",
     "face_dense_unet",
     "hand_scn",
-    "SpatialLogSoftmax",
 ]
 
 HEATMAP_OUTPUTS = ("heatmap", "log_probability")

@@ -127,9 +127,9 @@ def test_decoding_log_probabilities_equals_decoding_their_exp() -> None:
     torch.testing.assert_close(decoded, expected)
     torch.testing.assert_close(confidence, expected_confidence)
     torch.testing.assert_close(decoded[:, :, 0].double(), points[:, :, 0], atol=1e-3, rtol=0)
-    multi, score = decode_multi_instance(logp, 1, median_kernel=None, threshold=0.001, log_probabilities=True)
+    multi, _score = decode_multi_instance(logp, 1, median_kernel=None, threshold=0.001, log_probabilities=True)
     torch.testing.assert_close(multi, expected, atol=1e-4, rtol=0)
-    points_t, conf_t = DecodeHeatmap(log_probabilities=True)(logp[0])
+    points_t, _conf_t = DecodeHeatmap(log_probabilities=True)(logp[0])
     torch.testing.assert_close(points_t, decoded[0])
 
 
@@ -142,7 +142,7 @@ def test_inference_confidence_is_one_for_a_prediction_as_sharp_as_the_target() -
         sigma=[2.0],
     )
     logp = log_target(torch.tensor([[[[16.0, 16.0]]]]), 2.0, (32, 32)).float()
-    points, confidence = HeatmapDecoder(info)(logp)
+    _points, confidence = HeatmapDecoder(info)(logp)
     assert confidence.item() == pytest.approx(1.0, rel=1e-4)
     wider = log_target(torch.tensor([[[[16.0, 16.0]]]]), 4.0, (32, 32)).float()
     assert HeatmapDecoder(info)(wider)[1].item() == pytest.approx(0.25, rel=0.02)
