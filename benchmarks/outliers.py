@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import math
 import time
@@ -178,25 +179,26 @@ def hand_parser(args: argparse.Namespace, seed: int) -> ConfigParser:
             "num_workers": 0,
             "seed": seed,
             "train::augmentation": augmentation,
+            "validate::postprocessing::transforms::0::log_probabilities": args.heatmap_output == "log_probability",
         }
     )
     return parser
 
 
-def make_network(name: str, norm: str = "batch", **scn: int) -> torch.nn.Module:
+def make_network(name: str, norm: str = "batch", output: str = "heatmap", **scn: int) -> torch.nn.Module:
     num = len(HAND_XRAY_LANDMARKS)
     if name == "scn":
-        return SpatialConfigurationNet(2, 1, num, channels=(16, 32, 64, 128), norm=norm, **scn)
+        return SpatialConfigurationNet(2, 1, num, channels=(16, 32, 64, 128), norm=norm, output=output, **scn)
     if name == "unet":  # the bundle's network before this benchmark
-        return HeatmapUNet(2, 1, num, channels=(8, 16, 32, 64, 128), kernel_size=5)
+        return HeatmapUNet(2, 1, num, channels=(8, 16, 32, 64, 128), kernel_size=5, output=output)
     if name == "unet_coord":
-        return HeatmapUNet(2, 1, num, channels=(16, 32, 64, 128, 128), kernel_size=3, coordinates=True)
+        return HeatmapUNet(2, 1, num, channels=(16, 32, 64, 128, 128), kernel_size=3, coordinates=True, output=output)
     raise ValueError(f"Unknown network {name!r}.")
 
 
 @torch.no_grad()
 def hand_predict(
-    network, dataset, postprocessing, tta: TestTimeAugmentation | None
+    network, dataset, postprocessing, tta: TestTimeAugmentation | None, log_probabilities: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Errors ``(N, L)`` in PNG pixels, confidence ``(N, L)`` (the decoder's peak value, or the TTA confidence)
     and ``(N, L)`` the index of the true landmark nearest to each prediction (a landmark "swapped" with
@@ -211,7 +213,8 @@ def hand_predict(
         images = batch["image"]
         pred = network(images)
         if tta is not None:
-            tta_points, tta_conf, _ = tta(images.as_tensor(), network, decode_single_instance)
+            decode = functools.partial(decode_single_instance, log_probabilities=log_probabilities)
+            tta_points, tta_conf, _ = tta(images.as_tensor(), network, decode)
         for row, (sample, out) in enumerate(zip(decollate_batch(batch), decollate_batch({"pred": pred}), strict=True)):
             data = {"pred": out["pred"], "label": sample["label"], "label_original": sample["label_original"]}
             _, data = engine_apply_transform(sample, data, postprocessing)
@@ -234,14 +237,15 @@ def hand_train(args: argparse.Namespace, seed: int, train_ds, val_ds, postproces
     np.random.seed(seed)
     train_ds.transform.set_random_state(seed=seed)
     scn = {"sc_downsample": args.sc_downsample, "sc_kernel_size": args.sc_kernel, "sc_layers": args.sc_layers}
-    network = make_network(args.network, args.norm, **(scn if args.network == "scn" else {}))
+    network = make_network(args.network, args.norm, args.heatmap_output, **(scn if args.network == "scn" else {}))
     num = len(HAND_XRAY_LANDMARKS)
     if args.schedule == "default":
         schedule = AdalossSchedule.for_spatial_shape([128, 128], num)  # the package's defaults
     else:
         schedule = make_schedule(args.schedule, [128, 128], num, **dict(args.schedule_arg))
     normalize = None if args.normalize == "none" else args.normalize
-    loss = AdalossHeatmapLoss(schedule, normalize=normalize, target_scale=args.target_scale)
+    criterion = "cross_entropy" if args.heatmap_output == "log_probability" else "mse"
+    loss = AdalossHeatmapLoss(schedule, normalize=normalize, target_scale=args.target_scale, criterion=criterion)
     groups = [{"params": list(network.parameters())}]
     if list(loss.parameters()):  # learned sigma: log sigma in its own group
         groups.append({"params": list(loss.parameters()), "lr": args.learned_lr})
@@ -312,18 +316,20 @@ def hand(args: argparse.Namespace) -> None:
         torch.save({"model": network.state_dict(), "network": args.network}, out / f"{args.network}_seed{seed}.pt")
         for mode in ("plain", "tta"):
             tta = TestTimeAugmentation() if mode == "tta" else None  # shifts only: no flip in training
-            val_err, val_conf, _ = hand_predict(network, val_ds, postprocessing, tta)
+            log_probabilities = args.heatmap_output == "log_probability"
+            val_err, val_conf, _ = hand_predict(network, val_ds, postprocessing, tta, log_probabilities)
             try:
                 threshold = choose_confidence_threshold(val_conf.ravel(), val_err.ravel(), HAND_OUTLIER_PX)
             except ValueError:  # no right (or no wrong) validation point: no threshold, nothing flagged
                 threshold = math.nan
-            errors, conf, nearest = hand_predict(network, test_ds, postprocessing, tta)
+            errors, conf, nearest = hand_predict(network, test_ds, postprocessing, tta, log_probabilities)
             swapped = nearest != np.arange(errors.shape[1])[None, :]
             wrong = ~(errors <= HAND_OUTLIER_PX)
             flagged = conf < threshold
             rows.append(
                 {
                     "network": args.network,
+                    "heatmap_output": args.heatmap_output,
                     "schedule": " ".join([args.schedule, *(f"{k}={v}" for k, v in args.schedule_arg)]),
                     "seed": seed,
                     "inference": mode,
@@ -387,6 +393,12 @@ def main() -> None:
     hand_cmd.add_argument("--sc-layers", type=int, default=3, help="SCN: convolutions of the configuration branch")
     hand_cmd.add_argument("--normalize", choices=("none", "peak", "mean"), default="mean", help="target scaling")
     hand_cmd.add_argument("--target-scale", type=float, default=1.0, help="factor on the rendered targets")
+    hand_cmd.add_argument(
+        "--heatmap-output",
+        choices=("heatmap", "log_probability"),
+        default="heatmap",
+        help="linear heatmaps with a squared error, or spatial log-softmax with cross-entropy",
+    )
     hand_cmd.add_argument("--norm", default="batch", help="normalisation of the SCN's local-appearance U-Net")
     hand_cmd.add_argument("--learned-lr", type=float, default=5e-2, help="learning rate of a learned sigma")
     hand_cmd.add_argument("--budget-min", type=float, default=None, help="stop training after this many minutes")
