@@ -228,8 +228,8 @@ def _refine_peaks(
 
     ``maps`` is ``(N, *spatial)``. The fit is anchored at the voxel nearest ``centre``; its window's
     half-width along each axis is ``_WINDOW_PER_HALF_WIDTH`` times the peak's half width (at most
-    ``max_radius``), and the vertex is clamped to the window. An axis whose fit is degenerate keeps
-    its coordinate from ``centre``.
+    ``max_radius``), and the vertex is clamped to the window and to the grid (``-0.5 .. size - 0.5``).
+    An axis whose fit is degenerate keeps its coordinate from ``centre``.
     """
     num_peaks, ndim = centre.shape
     if num_peaks == 0:
@@ -258,7 +258,10 @@ def _refine_peaks(
     coef, fitted = _fit_separable_quadratic(weight, weighted_target, powers, fitted)
     slope, curvature = coef[:, 1::2], coef[:, 2::2]
     vertex = (-slope / (2 * torch.where(fitted, curvature, -1.0)) * limit).clamp(min=-limit, max=limit)
-    return torch.where(fitted, voxel + vertex, centre)
+    # a flat, wide peak (an untrained network) can put the vertex beyond the border: keep it on the grid
+    upper = torch.tensor(maps.shape[1:], dtype=torch.float64, device=maps.device) - 0.5
+    refined = torch.minimum(torch.maximum(voxel + vertex, torch.full_like(upper, -0.5)), upper)
+    return torch.where(fitted, refined, centre)
 
 
 def _gather_windows(

@@ -146,3 +146,15 @@ def test_inference_confidence_is_one_for_a_prediction_as_sharp_as_the_target() -
     assert confidence.item() == pytest.approx(1.0, rel=1e-4)
     wider = log_target(torch.tensor([[[[16.0, 16.0]]]]), 4.0, (32, 32)).float()
     assert HeatmapDecoder(info)(wider)[1].item() == pytest.approx(0.25, rel=0.02)
+
+
+def test_nearly_flat_maps_decode_to_points_on_the_grid() -> None:
+    """An untrained network's almost uniform maps: the sub-voxel fit may not leave the grid."""
+    torch.manual_seed(0)
+    net = hand_scn(1, 37, (4, 8, 16), output="log_probability")
+    net.spatial_configuration[-1].conv.bias.data.fill_(0.5)
+    net.eval()
+    with torch.no_grad():
+        logp = net(torch.rand(2, 1, 32, 32))
+    points, _ = decode_single_instance(logp, log_probabilities=True)
+    assert bool(((points >= -0.5) & (points <= 31.5)).all())
