@@ -175,8 +175,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory, dataset_dir: Path) -> dict
 def test_train_workflow(trained: dict[str, Any]) -> None:
     assert trained["missing"] == []
     assert trained["sigma_history"].shape == (EPOCHS + 1, 37)
-    assert bool((trained["sigma_history"] == 8.0).all())  # 32 / 4; the first update needs window + 1 epochs
-    assert trained["trainer_metrics"]["sigma/little_tip"] == 8.0
+    assert bool((trained["sigma_history"] == 3.0).all())  # the bundle's fixed sigma (fixed_sigma)
+    assert trained["trainer_metrics"]["sigma/little_tip"] == 3.0
     model_file = torch.load(trained["root"] / "models" / "model.pt", map_location="cpu", weights_only=True)
     info = model_file["model_info"]
     assert info["landmark_names"] == list(HAND_XRAY_LANDMARKS) and info["input_size"] == [32, 32]
