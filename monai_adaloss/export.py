@@ -189,8 +189,15 @@ def read_onnx_model_info(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def input_channels(network: nn.Module) -> int:
-    """Input channels of a landmark network: those of its first convolution's weight."""
+    """Input channels of a landmark network: those of its first convolution's weight, less the
+    CoordConv channels when an :class:`~monai_adaloss.networks.AddCoordinates` comes before it."""
+    from .networks import AddCoordinates
+
+    coordinates = False
     for module in network.modules():
+        if isinstance(module, AddCoordinates):
+            coordinates = True
         if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
-            return int(module.in_channels)
+            spatial_dims = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[type(module)]
+            return int(module.in_channels) - (spatial_dims if coordinates else 0)
     raise ValueError(f"Cannot find a convolution in {type(network).__name__} to read its input channels from.")

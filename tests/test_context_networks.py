@@ -86,3 +86,14 @@ def test_networks_script_with_equal_outputs(factory) -> None:
     scripted = torch.jit.script(net)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), net(x))
+
+
+def test_input_channels_of_coordconv_networks_leave_out_the_coordinate_channels() -> None:
+    """The ONNX / TorchScript example input has the image's channels, not the first convolution's."""
+    from monai_adaloss.export import input_channels
+    from monai_adaloss.networks import catheter_context_unet, catheter_unet, hand_scn
+
+    assert input_channels(catheter_unet(1, 1, (4, 8, 16))) == 1
+    assert input_channels(catheter_context_unet(1, 1, (4, 8, 16, 32, 64))) == 1
+    assert input_channels(hand_scn(1, 37, (4, 8, 16, 32))) == 1
+    assert input_channels(catheter_context_unet(3, 1, (4, 8, 16, 32, 64), coordinates=False)) == 3
