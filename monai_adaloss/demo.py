@@ -185,6 +185,15 @@ class DemoReport:
         verdict = "PASS" if self.passed else "FAIL"
         return f"- result: {verdict} (model vs centre guess, mean and median px: {versus})"
 
+    def _schedule_name(self) -> str:
+        """The sigma schedule as the table names it: the bundle's Adaloss rule or ``name(arg=value, ...)``."""
+        if self.schedule is None:
+            return "the bundle's Adaloss schedule"
+        args = ", ".join(
+            f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.schedule.items() if k != "name"
+        )
+        return f"{self.schedule['name']}({args})"
+
     def table(self) -> str:
         """The results as a Markdown table plus a few lines."""
         p = self.profile
@@ -206,7 +215,7 @@ class DemoReport:
             f"errors in pixels of the original {p.frame_size}x{p.frame_size} frames",
             f"- training: {p.n_train} frames, input {p.input_size}x{p.input_size}, {p.network} {list(p.channels)} "
             f"({p.heatmap_output} output), "
-            f"{p.epochs} epochs; best validation epoch {self.best_epoch} (outlier rate "
+            f"{p.epochs} epochs, {p.lr_schedule} learning rate; best validation epoch {self.best_epoch} (outlier rate "
             f"{100 * best['val_outlier_rate']:.1f} %, median {best['val_median_dist_px']:.2f} px, "
             f"mean {best['val_mean_dist_px']:.2f} px)",
             f"- gross errors: {100 * self.outlier_rate():.1f} % of the test frames more than "
@@ -218,7 +227,8 @@ class DemoReport:
             f"{self.confidence_threshold if self.confidence_threshold is None else round(self.confidence_threshold, 4)}"
             f" (chosen on the validation frames) flags {sum(f.flag == 'low_confidence' for f in self.frames)} "
             f"test frame(s)",
-            f"- sigma: {self.sigma_updates} updates in {p.epochs} epochs, {self.sigma_history[0][0]:.2f} -> "
+            f"- sigma ({self._schedule_name()}): {self.sigma_updates} updates in {p.epochs} epochs, "
+            f"{self.sigma_history[0][0]:.2f} -> "
             f"final {self.sigma_history[-1][0]:.2f} px of the input grid (model.pt: {self.model_sigma[0]:.2f})",
             f"- wall time: {t['total']:.0f} s (data {t['data']:.0f} s, training {t['training']:.0f} s, "
             f"inference {t['inference']:.0f} s) on {torch.get_num_threads()} torch thread(s)",
@@ -306,6 +316,20 @@ def _schedule_overrides(schedule: str | None, schedule_args: Mapping[str, Any] |
     return overrides
 
 
+def _lr_overrides(lr_schedule: str) -> dict[str, Any]:
+    """Config overrides for the profile's learning-rate schedule (``"constant"``: the bundle's own, none)."""
+    if lr_schedule == "constant":
+        return {}
+    return {
+        "train::lr_scheduler": {
+            "_target_": "torch.optim.lr_scheduler.CosineAnnealingLR",
+            "optimizer": "@optimizer",
+            "T_max": "$@max_epochs * len(@train::dataloader)",
+            "eta_min": "$@learning_rate / 100",
+        }
+    }
+
+
 def _train(
     datalist: Path,
     root: Path,
@@ -336,6 +360,7 @@ def _train(
             "train::dataset::progress": progress,  # CacheDataset's "Loading dataset" bars
             "validate::dataset::progress": progress,
             **_network_overrides(profile.network),
+            **_lr_overrides(profile.lr_schedule),
             **dict(schedule_overrides or {}),
         },
     )
@@ -465,6 +490,8 @@ def run_demo(
     Raises:
         FileExistsError: when ``output_dir`` exists and is not empty (nothing is overwritten).
     """
+    if schedule is None:
+        schedule, schedule_args = profile.schedule, dict(profile.schedule_args, **dict(schedule_args or {}))
     schedule_overrides = _schedule_overrides(schedule, schedule_args)
     output_dir = Path(output_dir).absolute()
     if output_dir.exists() and any(output_dir.iterdir()):

@@ -8,7 +8,7 @@ import os
 import sys
 from dataclasses import replace
 
-from .demo_profiles import BUNDLE_NAME, DEFAULT_DATASET_DIR, PROFILES
+from .demo_profiles import BUNDLE_NAME, DEFAULT_DATASET_DIR, LR_SCHEDULES, PROFILES
 
 __all__ = ["add_demo_command", "add_synth_command"]
 
@@ -70,6 +70,15 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         help="override the profile's network output and loss: linear heatmaps with a squared error (the paper's) "
         "or spatial log-softmax with cross-entropy",
     )
+    parser.add_argument(
+        "--network",
+        choices=("catheter_unet", "catheter_context_unet"),
+        help="override the profile's network (the paper's three-level U-Net or the five-level one with CoordConv)",
+    )
+    parser.add_argument(
+        "--channels", type=int, nargs="+", metavar="C", help="override the profile's feature channels per level"
+    )
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="override the profile's learning-rate schedule")
     parser.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: at most 2)")
     parser.add_argument(
@@ -87,7 +96,8 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         nargs="*",
         default=[],
         metavar="KEY=VALUE",
-        help="keyword arguments of the schedule, numbers as numbers (e.g. sigma=3 for fixed)",
+        help="keyword arguments of the schedule (--schedule's, else the profile's), numbers as numbers "
+        "(e.g. sigma=3 for fixed)",
     )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     parser.set_defaults(func=_run_demo_command)
@@ -114,8 +124,8 @@ def _run_demo_command(args: argparse.Namespace) -> int:
     if args.schedule is not None and args.schedule not in SCHEDULE_NAMES:
         print(f"monai-adaloss demo: unknown --schedule {args.schedule!r}; use one of {', '.join(SCHEDULE_NAMES)}")
         return 2
-    if args.schedule_arg and args.schedule is None:
-        print("monai-adaloss demo: --schedule-arg needs --schedule")
+    if args.schedule_arg and args.schedule is None and PROFILES[args.profile].schedule is None:
+        print("monai-adaloss demo: --schedule-arg needs --schedule (the profile has no schedule of its own)")
         return 2
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -126,6 +136,9 @@ def _run_demo_command(args: argparse.Namespace) -> int:
         "input_size": args.input_size,
         "batch_size": args.batch_size,
         "heatmap_output": args.heatmap_output,
+        "network": args.network,
+        "channels": None if args.channels is None else tuple(args.channels),
+        "lr_schedule": args.lr_schedule,
     }
     profile = replace(PROFILES[args.profile], **{k: v for k, v in overrides.items() if v is not None})
     try:

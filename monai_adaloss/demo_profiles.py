@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["BUNDLE_NAME", "DEFAULT_DATASET_DIR", "PROFILES", "DemoProfile"]
+__all__ = ["BUNDLE_NAME", "DEFAULT_DATASET_DIR", "LR_SCHEDULES", "PROFILES", "DemoProfile"]
 
 BUNDLE_NAME = "catheter_tip_fluoro"
 DEFAULT_DATASET_DIR = "data/catheter_tip_fluoro"
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,10 @@ class DemoProfile:
         heatmap_output: the network's output and loss, the bundle's ``heatmap_output``: ``"heatmap"``
             (linear heatmaps, squared error: the paper's) or ``"log_probability"`` (spatial
             log-softmax, cross-entropy against the normalised target; :mod:`monai_adaloss.networks`).
+        schedule: sigma schedule, a name of :func:`monai_adaloss.schedules.make_schedule` with its keyword
+            arguments ``schedule_args`` (pairs); ``None`` keeps the bundle's own ``AdalossSchedule``.
+        lr_schedule: ``"constant"`` (the bundle's default) or ``"cosine"`` (the learning rate decays from
+            the bundle's ``learning_rate`` to 1 % of it over all training iterations).
         smoke_test: the profile only checks that every step runs (too small to learn): its result is
             "every step ran", not a comparison with the centre guess, and the command exits 0.
     """
@@ -42,7 +47,16 @@ class DemoProfile:
     batch_size: int = 8
     network: str = "catheter_unet"
     heatmap_output: str = "heatmap"
+    schedule: str | None = None
+    schedule_args: tuple[tuple[str, float], ...] = ()
+    lr_schedule: str = "constant"
     smoke_test: bool = False
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"Argument `lr_schedule` must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}.")
+        if self.schedule_args and self.schedule is None:
+            raise ValueError("Argument `schedule_args` needs a `schedule` name.")
 
 
 PROFILES: dict[str, DemoProfile] = {

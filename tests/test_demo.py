@@ -74,3 +74,61 @@ def test_schedule_overrides_swap_the_bundle_schedule() -> None:
     assert "loss#normalize" not in _schedule_overrides("fixed", {"sigma": 3.0})
     with pytest.raises(ValueError, match="must be one of"):
         _schedule_overrides("nope", None)
+
+
+def test_demo_profile_checks_its_learning_rate_and_sigma_schedules() -> None:
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="lr_schedule"):
+        replace(PROFILES["tiny"], lr_schedule="step")
+    with pytest.raises(ValueError, match="needs a `schedule`"):
+        replace(PROFILES["tiny"], schedule_args=(("sigma", 3.0),))
+
+
+def test_demo_options_reach_the_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import monai_adaloss.demo
+
+    seen = {}
+
+    def refuse(output_dir, profile, **kwargs):  # records what the command would run, runs nothing
+        seen.update(profile=profile, **kwargs)
+        raise FileExistsError("not run")
+
+    monkeypatch.setattr(monai_adaloss.demo, "run_demo", refuse)
+    code = main(["demo", "--tiny", "-o", str(tmp_path), "--network", "catheter_context_unet", "--channels", "4",
+                 "8", "8", "16", "32", "--lr-schedule", "cosine", "--schedule", "fixed", "--schedule-arg",
+                 "sigma=2"])  # fmt: skip
+    assert code == 2
+    profile = seen["profile"]
+    assert (profile.network, profile.channels, profile.lr_schedule) == (
+        "catheter_context_unet",
+        (4, 8, 8, 16, 32),
+        "cosine",
+    )
+    assert seen["schedule"] == "fixed" and seen["schedule_args"] == {"sigma": 2.0}
+
+
+def test_profile_schedules_train_the_bundle(tmp_path: Path) -> None:
+    """A profile's own sigma schedule (its arguments overridable) and cosine learning rate reach the training."""
+    from dataclasses import replace
+
+    from monai_adaloss.demo import run_demo
+
+    profile = replace(
+        PROFILES["tiny"],
+        network="catheter_context_unet",
+        channels=(4, 4, 8, 16, 32),
+        heatmap_output="log_probability",
+        schedule="fixed",
+        schedule_args=(("sigma", 3.0),),
+        lr_schedule="cosine",
+    )
+    torch.set_num_threads(1)
+    report = run_demo(tmp_path, profile, progress=False, schedule_args={"sigma": 2.0})
+    assert report.sigma_history == [[2.0]] * (profile.epochs + 1)  # the profile's schedule, sigma overridden
+    assert report.schedule == {"name": "fixed", "sigma": 2.0} and "sigma (fixed(sigma=2))" in report.table()
+    assert "cosine learning rate" in report.table()
+    checkpoint = next((tmp_path / "bundle" / "models").glob("checkpoint_epoch=*.pt"))
+    group = torch.load(checkpoint, map_location="cpu", weights_only=True)["optimizer"]["param_groups"][0]
+    assert group["initial_lr"] == pytest.approx(1e-3) and group["lr"] == pytest.approx(1e-5)  # decayed to 1 %
+    assert json.loads((tmp_path / "results.json").read_text())["profile"]["lr_schedule"] == "cosine"
