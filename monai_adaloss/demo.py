@@ -245,8 +245,11 @@ def make_synthetic_dataset(
     frame_size: int = 256,
     seed: int = 0,
     progress: bool = True,
+    single_frame_validation: bool = False,
 ) -> Path:
     """:func:`~monai_adaloss.synthetic.make_dataset` with a progress bar of the DICOM files written.
+
+    ``single_frame_validation``: the validation split holds single-frame files only (independent scenes).
 
     Returns:
         The path of ``datalist.json``.
@@ -257,7 +260,17 @@ def make_synthetic_dataset(
 
     def write() -> None:
         try:
-            result["path"] = make_dataset(output_dir, n_train, n_val, n_test, config=config, seed=seed)
+            result["path"] = make_dataset(
+                output_dir,
+                n_train,
+                n_val,
+                n_test,
+                config=config,
+                seed=seed,
+                multiframe_splits=("training", "test")
+                if single_frame_validation
+                else ("training", "validation", "test"),
+            )
         except BaseException as err:  # re-raised in the calling thread
             result["error"] = err
 
@@ -498,7 +511,14 @@ def run_demo(
         raise FileExistsError(f"Demo output folder `{output_dir}` is not empty; choose another one or delete it.")
     started = time.perf_counter()
     datalist = make_synthetic_dataset(
-        output_dir / "data", profile.n_train, profile.n_val, profile.n_test, profile.frame_size, seed, progress
+        output_dir / "data",
+        profile.n_train,
+        profile.n_val,
+        profile.n_test,
+        profile.frame_size,
+        seed,
+        progress,
+        single_frame_validation=profile.single_frame_validation,
     )
     data_done = time.perf_counter()
     workflow, val_history = _train(datalist, output_dir / "bundle", profile, seed, progress, schedule_overrides)

@@ -79,6 +79,12 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "--channels", type=int, nargs="+", metavar="C", help="override the profile's feature channels per level"
     )
     parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="override the profile's learning-rate schedule")
+    parser.add_argument(
+        "--single-frame-validation",
+        action="store_true",
+        default=None,
+        help="validation split of single-frame files only (independent scenes; training and test files unchanged)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: at most 2)")
     parser.add_argument(
@@ -139,6 +145,7 @@ def _run_demo_command(args: argparse.Namespace) -> int:
         "network": args.network,
         "channels": None if args.channels is None else tuple(args.channels),
         "lr_schedule": args.lr_schedule,
+        "single_frame_validation": args.single_frame_validation,
     }
     profile = replace(PROFILES[args.profile], **{k: v for k, v in overrides.items() if v is not None})
     try:

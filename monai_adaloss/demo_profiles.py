@@ -33,6 +33,10 @@ class DemoProfile:
             arguments ``schedule_args`` (pairs); ``None`` keeps the bundle's own ``AdalossSchedule``.
         lr_schedule: ``"constant"`` (the bundle's default) or ``"cosine"`` (the learning rate decays from
             the bundle's ``learning_rate`` to 1 % of it over all training iterations).
+        single_frame_validation: the validation split holds single-frame files only, so its frames are
+            independent scenes (multi-frame cine runs put up to 8 near-identical frames of one scene into it,
+            which then weigh 8 times in the model selection and the ``low_confidence`` threshold); the
+            training and test files are the same either way.
         smoke_test: the profile only checks that every step runs (too small to learn): its result is
             "every step ran", not a comparison with the centre guess, and the command exits 0.
     """
@@ -50,6 +54,7 @@ class DemoProfile:
     schedule: str | None = None
     schedule_args: tuple[tuple[str, float], ...] = ()
     lr_schedule: str = "constant"
+    single_frame_validation: bool = False
     smoke_test: bool = False
 
     def __post_init__(self) -> None:

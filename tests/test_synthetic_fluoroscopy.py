@@ -314,6 +314,21 @@ class TestDicom:
         for path in sorted(a.parent.rglob("*.dcm")):
             assert path.read_bytes() == (b.parent / path.relative_to(a.parent)).read_bytes()
 
+    def test_single_frame_validation_leaves_the_other_splits_unchanged(self, tmp_path):
+        config = FluoroscopyConfig(rows=48, columns=48)
+        kwargs = {"n_train": 6, "n_val": 6, "n_test": 6, "config": config, "seed": 1, "multiframe_fraction": 1.0,
+                  "monochrome1_fraction": 0.0, "frames_per_file": (3, 3)}  # fmt: skip
+        a = json.loads(make_dataset(tmp_path / "a", **kwargs).read_text())
+        b = json.loads(make_dataset(tmp_path / "b", multiframe_splits=("training", "test"), **kwargs).read_text())
+        assert [len({e["image"] for e in a[split]}) for split in ("training", "validation", "test")] == [2, 2, 2]
+        assert len({e["image"] for e in b["validation"]}) == 6 and all("frame" not in e for e in b["validation"])
+        for split in ("training", "test"):
+            assert a[split] == b[split]
+            for entry in a[split]:
+                assert (tmp_path / "a" / entry["image"]).read_bytes() == (tmp_path / "b" / entry["image"]).read_bytes()
+        with pytest.raises(ValueError, match="multiframe_splits"):
+            make_dataset(tmp_path / "c", multiframe_splits=("train",), **kwargs)
+
     def test_invalid_options_are_rejected(self):
         with pytest.raises(ValueError, match="MONOCHROME1"):
             DicomWriteOptions("XA", "MONOCHROME1")

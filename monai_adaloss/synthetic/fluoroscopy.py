@@ -1251,6 +1251,7 @@ def make_dataset(
     monochrome1_fraction: float = 0.1,
     voi_lut_fraction: float = 0.5,
     frames_per_file: tuple[int, int] = (3, 8),
+    multiframe_splits: Sequence[str] = _SPLITS,
 ) -> Path:
     """Write synthetic fluoroscopy DICOM files and a MONAI-style datalist (format: module docstring).
 
@@ -1267,6 +1268,9 @@ def make_dataset(
             written as DX For Presentation, the projection X-ray class that allows MONOCHROME1.
         voi_lut_fraction: chance that an XA/RF file carries WindowCenter/WindowWidth (DX always does).
         frames_per_file: inclusive range of the number of frames of a multi-frame file.
+        multiframe_splits: the splits that may hold multi-frame files; the others hold single-frame files
+            only, one scene per entry (e.g. a validation split whose frames are independent scenes). The
+            other splits' files do not change with it: each file is drawn from ``(seed, split, index)``.
 
     Returns:
         Path of ``datalist.json``.
@@ -1285,6 +1289,9 @@ def make_dataset(
         raise ValueError(
             f"Argument `frames_per_file` must be a range (low, high) with 1 <= low <= high, got {frames_per_file}."
         )
+    unknown = set(multiframe_splits) - set(_SPLITS)
+    if unknown:
+        raise ValueError(f"Argument `multiframe_splits` must name splits of {_SPLITS}, got {sorted(unknown)}.")
     output_dir = Path(output_dir)
     syntaxes = lossless_transfer_syntaxes()
     datalist: dict = {"landmark_names": list(config.landmark_names)}
@@ -1295,7 +1302,7 @@ def make_dataset(
         while len(entries) < n_entries:
             choice = np.random.default_rng([seed, split_index, file_index, 0])
             mono1 = bool(choice.random() < monochrome1_fraction)
-            multi = bool(choice.random() < multiframe_fraction) and not mono1
+            multi = bool(choice.random() < multiframe_fraction) and not mono1 and split in multiframe_splits
             n_frames = min(int(choice.integers(frames_per_file[0], frames_per_file[1] + 1)), n_entries - len(entries))
             n_frames = n_frames if multi else 1
             compressed = bool(choice.random() < compressed_fraction)
