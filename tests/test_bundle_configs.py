@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from monai_adaloss.bundle_configs import JSON_FILES, deep_merge, generate, main, mismatches, split_common
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
@@ -111,3 +113,27 @@ def test_the_readme_commands_round_trip_on_a_copy(tmp_path: Path) -> None:
         assert json.loads((copy / shipped.relative_to(BUNDLES)).read_text()) == json.loads(shipped.read_text())
     for source in (BUNDLES / "_source").glob("*/*.json"):  # extracting the shipped configs gives the sources back
         assert json.loads((copy / source.relative_to(BUNDLES)).read_text()) == json.loads(source.read_text()), source
+
+
+@pytest.mark.parametrize("bundle", ["catheter_tip_fluoro", "endoscopic_tool_landmarks", "hand_xray_landmarks",
+                                    "landmarks_3d"])  # fmt: skip
+def test_cache_datasets_cache_every_deterministic_step(bundle: str) -> None:
+    """CacheDataset caches up to the first Randomizable step: a nested Compose (itself Randomizable) there
+    would make every epoch re-load and re-resize each frame. Training caches through the resize, validation
+    caches everything."""
+    from monai.bundle import ConfigParser
+    from monai.transforms import Randomizable, RandomizableTrait, Transform
+
+    from monai_adaloss.bundles import bundle_path
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle_path(bundle) / "configs" / "train.json"))
+    for split, expect_random in (("train", True), ("validate", False)):
+        steps = parser.get_parsed_content(f"{split}::preprocessing").transforms
+        uncached = [i for i, t in enumerate(steps) if isinstance(t, RandomizableTrait) or not isinstance(t, Transform)]
+        if not expect_random:
+            assert uncached == [], (bundle, split, [type(steps[i]).__name__ for i in uncached])
+            continue
+        first = steps[uncached[0]]
+        assert type(first).__name__.startswith("Rand") and isinstance(first, Randomizable), (bundle, type(first))
+        assert any(type(t).__name__ in ("Resized", "ResizeWithPadOrCropd") for t in steps[: uncached[0]]), bundle
