@@ -30,7 +30,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,11 +245,11 @@ def make_synthetic_dataset(
     frame_size: int = 256,
     seed: int = 0,
     progress: bool = True,
-    single_frame_validation: bool = False,
+    multiframe_splits: Sequence[str] = ("training", "validation", "test"),
 ) -> Path:
     """:func:`~monai_adaloss.synthetic.make_dataset` with a progress bar of the DICOM files written.
 
-    ``single_frame_validation``: the validation split holds single-frame files only (independent scenes).
+    ``multiframe_splits``: the splits that may hold multi-frame files (the others: single-frame files only).
 
     Returns:
         The path of ``datalist.json``.
@@ -267,9 +267,7 @@ def make_synthetic_dataset(
                 n_test,
                 config=config,
                 seed=seed,
-                multiframe_splits=("training", "test")
-                if single_frame_validation
-                else ("training", "validation", "test"),
+                multiframe_splits=multiframe_splits,
             )
         except BaseException as err:  # re-raised in the calling thread
             result["error"] = err
@@ -518,7 +516,7 @@ def run_demo(
         profile.frame_size,
         seed,
         progress,
-        single_frame_validation=profile.single_frame_validation,
+        multiframe_splits=profile.multiframe_splits,
     )
     data_done = time.perf_counter()
     workflow, val_history = _train(datalist, output_dir / "bundle", profile, seed, progress, schedule_overrides)

@@ -80,10 +80,12 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     )
     parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="override the profile's learning-rate schedule")
     parser.add_argument(
-        "--single-frame-validation",
-        action="store_true",
-        default=None,
-        help="validation split of single-frame files only (independent scenes; training and test files unchanged)",
+        "--multiframe-splits",
+        nargs="*",
+        choices=("training", "validation", "test"),
+        metavar="SPLIT",
+        help="override the profile's splits that may hold multi-frame files (training, validation, test); the "
+        "others hold single-frame files only (one scene per frame); the listed splits' files are unchanged",
     )
     parser.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: at most 2)")
@@ -145,7 +147,7 @@ def _run_demo_command(args: argparse.Namespace) -> int:
         "network": args.network,
         "channels": None if args.channels is None else tuple(args.channels),
         "lr_schedule": args.lr_schedule,
-        "single_frame_validation": args.single_frame_validation,
+        "multiframe_splits": None if args.multiframe_splits is None else tuple(args.multiframe_splits),
     }
     profile = replace(PROFILES[args.profile], **{k: v for k, v in overrides.items() if v is not None})
     try:

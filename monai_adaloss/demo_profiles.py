@@ -33,10 +33,12 @@ class DemoProfile:
             arguments ``schedule_args`` (pairs); ``None`` keeps the bundle's own ``AdalossSchedule``.
         lr_schedule: ``"constant"`` (the bundle's default) or ``"cosine"`` (the learning rate decays from
             the bundle's ``learning_rate`` to 1 % of it over all training iterations).
-        single_frame_validation: the validation split holds single-frame files only, so its frames are
-            independent scenes (multi-frame cine runs put up to 8 near-identical frames of one scene into it,
-            which then weigh 8 times in the model selection and the ``low_confidence`` threshold); the
-            training and test files are the same either way.
+        multiframe_splits: the splits that may hold multi-frame cine runs (up to 8 near-identical frames of one
+            scene per file); the others hold single-frame files only, one scene per frame. A validation split
+            of independent scenes makes the model selection and the ``low_confidence`` threshold rest on 40
+            scenes rather than on a few sequences; a single-frame training split gives more scenes for the same
+            number of training frames. Each split's files are drawn from ``(seed, split, index)``, so a split
+            listed here is the same whatever the others do.
         smoke_test: the profile only checks that every step runs (too small to learn): its result is
             "every step ran", not a comparison with the centre guess, and the command exits 0.
     """
@@ -54,7 +56,7 @@ class DemoProfile:
     schedule: str | None = None
     schedule_args: tuple[tuple[str, float], ...] = ()
     lr_schedule: str = "constant"
-    single_frame_validation: bool = False
+    multiframe_splits: tuple[str, ...] = ("training", "validation", "test")
     smoke_test: bool = False
 
     def __post_init__(self) -> None:

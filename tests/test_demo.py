@@ -97,7 +97,7 @@ def test_demo_options_reach_the_profile(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(monai_adaloss.demo, "run_demo", refuse)
     code = main(["demo", "--tiny", "-o", str(tmp_path), "--network", "catheter_context_unet", "--channels", "4",
                  "8", "8", "16", "32", "--lr-schedule", "cosine", "--schedule", "fixed", "--schedule-arg",
-                 "sigma=2", "--single-frame-validation"])  # fmt: skip
+                 "sigma=2", "--multiframe-splits", "test"])  # fmt: skip
     assert code == 2
     profile = seen["profile"]
     assert (profile.network, profile.channels, profile.lr_schedule) == (
@@ -105,8 +105,12 @@ def test_demo_options_reach_the_profile(tmp_path: Path, monkeypatch: pytest.Monk
         (4, 8, 8, 16, 32),
         "cosine",
     )
-    assert seen["schedule"] == "fixed" and seen["schedule_args"] == {"sigma": 2.0} and profile.single_frame_validation
-    assert not PROFILES["tiny"].single_frame_validation
+    assert (
+        seen["schedule"] == "fixed"
+        and seen["schedule_args"] == {"sigma": 2.0}
+        and profile.multiframe_splits == ("test",)
+    )
+    assert PROFILES["tiny"].multiframe_splits == ("training", "validation", "test")
 
 
 def test_profile_schedules_train_the_bundle(tmp_path: Path) -> None:
