@@ -61,6 +61,7 @@ __all__ = [
     "add_demo_command",
     "add_synth_command",
     "make_synthetic_dataset",
+    "make_training_workflow",
     "run_demo",
 ]
 
@@ -341,15 +342,21 @@ def _lr_overrides(lr_schedule: str) -> dict[str, Any]:
     }
 
 
-def _train(
+def make_training_workflow(
     datalist: Path,
     root: Path,
     profile: DemoProfile,
-    seed: int,
-    progress: bool,
+    seed: int = 0,
+    progress: bool = False,
     schedule_overrides: Mapping[str, Any] | None = None,
-) -> tuple[ConfigWorkflow, list[dict[str, float]]]:
-    """Train the bundle with the profile's overrides; return the finished workflow and the validation history."""
+) -> ConfigWorkflow:
+    """The bundle's initialized training workflow with the profile's overrides (what the demo trains).
+
+    Args:
+        datalist: the synthetic dataset's ``datalist.json`` (:func:`make_synthetic_dataset`).
+        root: the bundle root the run writes into (``models/``, ``eval/``).
+        schedule_overrides: see :func:`_schedule_overrides`; ``None`` keeps the profile's or bundle's schedule.
+    """
     configs = bundle_path(BUNDLE_NAME) / "configs"
     workflow = ConfigWorkflow(
         config_file=str(configs / "train.json"),
@@ -379,6 +386,19 @@ def _train(
     missing = workflow.check_properties()
     if missing:
         raise RuntimeError(f"The bundle misses the required properties {missing}.")
+    return workflow
+
+
+def _train(
+    datalist: Path,
+    root: Path,
+    profile: DemoProfile,
+    seed: int,
+    progress: bool,
+    schedule_overrides: Mapping[str, Any] | None = None,
+) -> tuple[ConfigWorkflow, list[dict[str, float]]]:
+    """Train the bundle with the profile's overrides; return the finished workflow and the validation history."""
+    workflow = make_training_workflow(datalist, root, profile, seed, progress, schedule_overrides)
     trainer = workflow.parser.get_parsed_content("train::trainer")
     evaluator = workflow.parser.get_parsed_content("validate::evaluator")
     val_history: list[dict[str, float]] = []

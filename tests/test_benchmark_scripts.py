@@ -42,6 +42,13 @@ def test_handler_overhead_prints_the_overhead_and_the_handler_time() -> None:
     assert "overhead, median with / median without" in out and "handler's own time per epoch" in out
 
 
+def test_demo_epoch_time_splits_each_epoch() -> None:
+    out = run_script(str(ROOT / "benchmarks/demo_epoch_time.py"), "--profile", "tiny", "--threads", "1")
+    lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2 and all("data" in line and "step" in line and "validation" in line for line in lines)
+    assert "last epoch:" in out and "per iteration: data" in out
+
+
 def test_infer_throughput_prints_the_three_model_formats_side_by_side() -> None:
     out = run_script(str(ROOT / "benchmarks/infer_throughput.py"), "--frames", "4", "--size", "64", "--batch-size",
                      "2", "--num-workers", "0", "--repeats", "1", "--device", "cpu")  # fmt: skip
