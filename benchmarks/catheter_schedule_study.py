@@ -1,6 +1,8 @@
 """Sigma schedules on the catheter task, several seeds, paired: the catheter evidence of issue #16.
 
-Runs ``monai-adaloss demo`` (the shipped ``cpu`` profile unless extra demo arguments follow ``--``)
+Runs ``monai-adaloss demo --profile adaloss`` (the paper's recipe: squared error, the bundle's Adaloss
+schedule, 30 epochs; the demo's default profile before session 8; extra demo arguments after ``--`` come
+later on the command line and win, e.g. ``-- --tiny`` or ``-- --profile cpu``)
 once per schedule and seed, each in its own folder ``<output-dir>/<schedule>/seed<k>`` (a folder
 with a ``results.json`` is reused, so an interrupted study resumes), then aggregates the test frames
 of every run: per schedule the mean over seeds of the tip error's mean, median and p95 (pixels of
@@ -116,7 +118,8 @@ def main() -> None:
             if args.aggregate_only or (folder / "results.json").exists():
                 continue
             command = [sys.executable, "-m", "monai_adaloss", "demo", "--quiet", "--seed", str(seed),
-                       "--output-dir", str(folder), *schedule_arguments(name, []), *extra]  # fmt: skip
+                       "--output-dir", str(folder), "--profile", "adaloss", *schedule_arguments(name, []),
+                       *extra]  # fmt: skip
             print("+", " ".join(command), flush=True)
             subprocess.run(command, check=False)  # exit 1 = not better than the centre guess: still a result
     rows = {}

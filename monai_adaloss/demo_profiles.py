@@ -68,6 +68,20 @@ class DemoProfile:
 
 PROFILES: dict[str, DemoProfile] = {
     "cpu": DemoProfile(
+        n_train=400,
+        n_val=40,
+        n_test=60,
+        frame_size=256,
+        input_size=128,
+        channels=(8, 16, 32),
+        epochs=22,
+        batch_size=4,
+        heatmap_output="log_probability",
+        schedule="fixed",
+        schedule_args=(("sigma", 3.0),),
+        multiframe_splits=("training", "test"),
+    ),
+    "adaloss": DemoProfile(
         n_train=400, n_val=40, n_test=60, frame_size=256, input_size=128, channels=(8, 16, 32), epochs=30, batch_size=4
     ),
     "context": DemoProfile(
@@ -93,6 +107,10 @@ PROFILES: dict[str, DemoProfile] = {
         smoke_test=True,
     ),
 }
-"""``cpu``: the measured ten-minute profile (the paper's three-level U-Net; docs/accuracy.md);
-``context``: the same with the five-level ``catheter_context_unet`` (receptive field 173 px; measured
+"""``cpu``: the default, measured to fit ten minutes on 2 CPU cores: the paper's three-level U-Net with a
+spatial log-softmax and the cross-entropy against a Gaussian of fixed sigma 3 px (of the 128 grid), 22
+epochs, a validation split of single-frame files (docs/accuracy.md, "Session 8");
+``adaloss``: the paper's recipe, the bundle's own squared error and Adaloss schedule (sigma 32 -> 2-5 px
+over 30 epochs), the default before session 8 (692-731 s on the 2-core VM of session 7);
+``context``: ``adaloss`` with the five-level ``catheter_context_unet`` (receptive field 173 px; measured
 worse, docs/accuracy.md); ``tiny``: a smoke test of every step."""

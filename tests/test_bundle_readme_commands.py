@@ -400,10 +400,17 @@ LONG_DOCS += [
             "benchmarks_out/outliers_cath/results.md",
             "benchmarks_out/hand_study/study.md",
             "runs/ce1600_s0/results.json",
+            "runs/s8/f_s0/results.json",
+            "benchmarks_out/s8_outliers200/results.md",
+            "benchmarks_out/s8_outliers200_cpu/results.md",
+            "runs/s8/g_s0/results.json",
         ),
         replace={
             "for seed in 0 1 2;": "for seed in 0;",
             "runs/demo_paper_s0 runs/demo_paper_s1 runs/demo_ctx_s0 runs/demo_ctxB_s0": "runs/demo_tiny",
+            "runs/shipped_s0 runs/shipped_s1 runs/shipped_s2 runs/x_ce1600_s0 runs/x_ce1600_s1 runs/x_ce1600_s2 "
+            "runs/s8/e1_s0 runs/s8/f_s0": "runs/demo_tiny",
+            "runs/s8/g_s0 runs/s8/g_s1 runs/s8/cpu22_s2": "runs/demo_tiny",
             "../shared/data/hand_xray": "{tmp}/hand_xray_folder",
         },
         needs=SHARED / "hand_xray",

@@ -111,6 +111,11 @@ def test_demo_options_reach_the_profile(tmp_path: Path, monkeypatch: pytest.Monk
         and profile.multiframe_splits == ("test",)
     )
     assert PROFILES["tiny"].multiframe_splits == ("training", "validation", "test")
+    # the default profile has a sigma schedule of its own: --schedule-arg alone changes its arguments
+    assert main(["demo", "-o", str(tmp_path), "--schedule-arg", "sigma=2"]) == 2
+    assert seen["profile"].schedule == "fixed" and seen["schedule"] is None and seen["schedule_args"] == {"sigma": 2.0}
+    assert main(["demo", "-o", str(tmp_path), "--profile", "adaloss"]) == 2
+    assert seen["profile"].schedule is None and seen["profile"].heatmap_output == "heatmap"  # the bundle's Adaloss
 
 
 def test_profile_schedules_train_the_bundle(tmp_path: Path) -> None:
