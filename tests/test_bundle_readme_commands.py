@@ -394,6 +394,7 @@ LONG_DOCS += [
         {
             "benchmarks/outliers.py": {"--threads": "1", "--n-test": "4"},
             "benchmarks/hand_schedule_study.py": {"--seeds": ["0"], "--epochs": "1", "--schedules": ["default"]},
+            "benchmarks/demo_epoch_time.py": {"--profile": "tiny", "--epochs": "1", "--threads": "1"},
             "demo": {"--profile": "tiny", "--threads": "1", "--n-train": "8", "--epochs": "1"},  # monai-adaloss demo
         },
         (
@@ -411,6 +412,8 @@ LONG_DOCS += [
             "runs/shipped_s0 runs/shipped_s1 runs/shipped_s2 runs/x_ce1600_s0 runs/x_ce1600_s1 runs/x_ce1600_s2 "
             "runs/s8/e1_s0 runs/s8/f_s0": "runs/demo_tiny",
             "runs/s8/g_s0 runs/s8/g_s1 runs/s8/cpu22_s2": "runs/demo_tiny",
+            "--data runs/shipped_s0/data": "",
+            "--data runs/s8/cpu22_s2/data": "",
             "../shared/data/hand_xray": "{tmp}/hand_xray_folder",
         },
         needs=SHARED / "hand_xray",
