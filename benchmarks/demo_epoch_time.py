@@ -5,7 +5,7 @@ Builds the catheter bundle's training workflow exactly as ``monai-adaloss demo``
 epochs and prints, per epoch, the wall time split into
 
 - ``data``: fetching the training batches (the random augmentation after the CacheDataset's cache,
-  collation), from Ignite's ``GET_BATCH_STARTED`` to ``GET_BATCH_COMPLETED``;
+  collation), from Ignite's ``GET_BATCH_STARTED`` to ``GET_BATCH_COMPLETED`` (ignite ``Timer``s);
 - ``step``: the rest of each iteration (forward, loss, backward, optimiser, iteration handlers);
 - ``validation``: the evaluator run after the epoch;
 
@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 from ignite.engine import Events
+from ignite.handlers import Timer
 
 from monai_adaloss.demo import PROFILES, make_synthetic_dataset, make_training_workflow
+from monai_adaloss.demo_profiles import profile_with_overrides
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -45,14 +45,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--data", type=Path, help="a demo's data/ folder to reuse")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    overrides = {
-        "epochs": args.epochs,
-        "n_train": args.n_train,
-        "network": args.network,
-        "channels": None if args.channels is None else tuple(args.channels),
-        "heatmap_output": args.heatmap_output,
-    }
-    profile = replace(PROFILES[args.profile], **{k: v for k, v in overrides.items() if v is not None})
+    profile = profile_with_overrides(
+        args.profile,
+        epochs=args.epochs,
+        n_train=args.n_train,
+        network=args.network,
+        channels=args.channels,
+        heatmap_output=args.heatmap_output,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         if args.data is None:
             datalist = make_synthetic_dataset(
@@ -64,40 +64,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         workflow = make_training_workflow(datalist, Path(tmp) / "bundle", profile)
         trainer = workflow.parser.get_parsed_content("train::trainer")
         evaluator = workflow.parser.get_parsed_content("validate::evaluator")
-        clock: dict[str, float] = {}
-        totals = {"data": 0.0, "step": 0.0, "validation": 0.0}
+        # ignite Timers, each reset when an epoch starts: batch loading (GET_BATCH_STARTED -> _COMPLETED),
+        # the rest of each iteration (GET_BATCH_COMPLETED -> ITERATION_COMPLETED), the evaluator's run
+        data, step = Timer(), Timer()
+        for timer, resume, pause in ((data, Events.GET_BATCH_STARTED, Events.GET_BATCH_COMPLETED),
+                                     (step, Events.GET_BATCH_COMPLETED, Events.ITERATION_COMPLETED)):  # fmt: skip
+            timer.attach(trainer, start=Events.EPOCH_STARTED, resume=resume, pause=pause)
+            trainer.add_event_handler(Events.EPOCH_STARTED, timer.pause)  # a reset timer runs: wait for `resume`
+        validation = Timer().attach(evaluator, start=Events.STARTED, pause=Events.COMPLETED)
+        epoch = Timer().attach(trainer, start=Events.EPOCH_STARTED)
         last: dict[str, float] = {}
 
-        @trainer.on(Events.GET_BATCH_STARTED)
-        def batch_started(_: object) -> None:
-            clock["batch"] = time.perf_counter()
-
-        @trainer.on(Events.GET_BATCH_COMPLETED)
-        def batch_done(_: object) -> None:
-            clock["step"] = time.perf_counter()
-            totals["data"] += clock["step"] - clock["batch"]
-
-        @trainer.on(Events.ITERATION_COMPLETED)
-        def step_done(_: object) -> None:
-            totals["step"] += time.perf_counter() - clock["step"]
-
-        @evaluator.on(Events.STARTED)
-        def validation_started(_: object) -> None:
-            clock["validation"] = time.perf_counter()
-
-        @evaluator.on(Events.COMPLETED)
-        def validation_done(_: object) -> None:
-            totals["validation"] += time.perf_counter() - clock["validation"]
-
-        @trainer.on(Events.EPOCH_STARTED)
-        def epoch_started(_: object) -> None:
-            clock["epoch"] = time.perf_counter()
-            totals.update(data=0.0, step=0.0, validation=0.0)
-
-        @trainer.on(Events.EPOCH_COMPLETED)
+        @trainer.on(Events.EPOCH_COMPLETED)  # after the ValidationHandler: the epoch includes validation
         def epoch_done(engine: object) -> None:
-            elapsed = time.perf_counter() - clock["epoch"]
-            iterations = engine.state.epoch_length
+            totals = {"data": data.value(), "step": step.value(), "validation": validation.value()}
+            elapsed, iterations = epoch.value(), engine.state.epoch_length
             last.update(epoch_s=elapsed, iterations=iterations, **totals)
             print(
                 f"epoch {engine.state.epoch}: {elapsed:.1f} s = data {totals['data']:.1f} s + step "

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from .bundles import bundle_path, load_datalist
 from .confidence import choose_confidence_threshold, outlier_auroc
 from .demo_command import add_demo_command, add_synth_command
-from .demo_profiles import BUNDLE_NAME, PROFILES, DemoProfile
+from .demo_profiles import BUNDLE_NAME, DATASET_SPLITS, PROFILES, DemoProfile
 from .inference import InferenceRunner
 from .io import LoadDicomFrame
 from .plotting import plot_prediction_overlays, plot_sigma_history
@@ -246,7 +246,7 @@ def make_synthetic_dataset(
     frame_size: int = 256,
     seed: int = 0,
     progress: bool = True,
-    multiframe_splits: Sequence[str] = ("training", "validation", "test"),
+    multiframe_splits: Sequence[str] = DATASET_SPLITS,
 ) -> Path:
     """:func:`~monai_adaloss.synthetic.make_dataset` with a progress bar of the DICOM files written.
 

@@ -6,9 +6,15 @@ import argparse
 import logging
 import os
 import sys
-from dataclasses import replace
 
-from .demo_profiles import BUNDLE_NAME, DEFAULT_DATASET_DIR, LR_SCHEDULES, PROFILES
+from .demo_profiles import (
+    BUNDLE_NAME,
+    DATASET_SPLITS,
+    DEFAULT_DATASET_DIR,
+    LR_SCHEDULES,
+    PROFILES,
+    profile_with_overrides,
+)
 
 __all__ = ["add_demo_command", "add_synth_command"]
 
@@ -82,7 +88,7 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument(
         "--multiframe-splits",
         nargs="*",
-        choices=("training", "validation", "test"),
+        choices=DATASET_SPLITS,
         metavar="SPLIT",
         help="override the profile's splits that may hold multi-frame files (training, validation, test); the "
         "others hold single-frame files only (one scene per frame); the listed splits' files are unchanged",
@@ -138,18 +144,18 @@ def _run_demo_command(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads or min(2, os.cpu_count() or 1))
-    overrides = {
-        "epochs": args.epochs,
-        "n_train": args.n_train,
-        "input_size": args.input_size,
-        "batch_size": args.batch_size,
-        "heatmap_output": args.heatmap_output,
-        "network": args.network,
-        "channels": None if args.channels is None else tuple(args.channels),
-        "lr_schedule": args.lr_schedule,
-        "multiframe_splits": None if args.multiframe_splits is None else tuple(args.multiframe_splits),
-    }
-    profile = replace(PROFILES[args.profile], **{k: v for k, v in overrides.items() if v is not None})
+    profile = profile_with_overrides(
+        args.profile,
+        epochs=args.epochs,
+        n_train=args.n_train,
+        input_size=args.input_size,
+        batch_size=args.batch_size,
+        heatmap_output=args.heatmap_output,
+        network=args.network,
+        channels=args.channels,
+        lr_schedule=args.lr_schedule,
+        multiframe_splits=args.multiframe_splits,
+    )
     try:
         report = run_demo(
             args.output_dir,

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
-__all__ = ["BUNDLE_NAME", "DEFAULT_DATASET_DIR", "LR_SCHEDULES", "PROFILES", "DemoProfile"]
+__all__ = [
+    "BUNDLE_NAME",
+    "DATASET_SPLITS",
+    "DEFAULT_DATASET_DIR",
+    "LR_SCHEDULES",
+    "PROFILES",
+    "DemoProfile",
+    "profile_with_overrides",
+]
 
 BUNDLE_NAME = "catheter_tip_fluoro"
 DEFAULT_DATASET_DIR = "data/catheter_tip_fluoro"
 LR_SCHEDULES = ("constant", "cosine")
+DATASET_SPLITS = ("training", "validation", "test")
+"""The synthetic dataset's splits (the datalist's lists), in the order they are written."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +68,7 @@ class DemoProfile:
     schedule: str | None = None
     schedule_args: tuple[tuple[str, float], ...] = ()
     lr_schedule: str = "constant"
-    multiframe_splits: tuple[str, ...] = ("training", "validation", "test")
+    multiframe_splits: tuple[str, ...] = DATASET_SPLITS
     smoke_test: bool = False
 
     def __post_init__(self) -> None:
@@ -66,35 +78,20 @@ class DemoProfile:
             raise ValueError("Argument `schedule_args` needs a `schedule` name.")
 
 
+_ADALOSS = DemoProfile(
+    n_train=400, n_val=40, n_test=60, frame_size=256, input_size=128, channels=(8, 16, 32), epochs=30, batch_size=4
+)
 PROFILES: dict[str, DemoProfile] = {
-    "cpu": DemoProfile(
-        n_train=400,
-        n_val=40,
-        n_test=60,
-        frame_size=256,
-        input_size=128,
-        channels=(8, 16, 32),
+    "cpu": replace(
+        _ADALOSS,
         epochs=22,
-        batch_size=4,
         heatmap_output="log_probability",
         schedule="fixed",
         schedule_args=(("sigma", 3.0),),
         multiframe_splits=("training", "test"),
     ),
-    "adaloss": DemoProfile(
-        n_train=400, n_val=40, n_test=60, frame_size=256, input_size=128, channels=(8, 16, 32), epochs=30, batch_size=4
-    ),
-    "context": DemoProfile(
-        n_train=400,
-        n_val=40,
-        n_test=60,
-        frame_size=256,
-        input_size=128,
-        channels=(8, 16, 32, 64, 128),
-        epochs=30,
-        batch_size=4,
-        network="catheter_context_unet",
-    ),
+    "adaloss": _ADALOSS,
+    "context": replace(_ADALOSS, channels=(8, 16, 32, 64, 128), network="catheter_context_unet"),
     "tiny": DemoProfile(
         n_train=8,
         n_val=4,
@@ -114,3 +111,14 @@ epochs, a validation split of single-frame files (docs/accuracy.md, "Session 8")
 over 30 epochs), the default before session 8 (692-731 s on the 2-core VM of session 7);
 ``context``: ``adaloss`` with the five-level ``catheter_context_unet`` (receptive field 173 px; measured
 worse, docs/accuracy.md); ``tiny``: a smoke test of every step."""
+
+
+def profile_with_overrides(name: str, **overrides: Any) -> DemoProfile:
+    """Profile ``name`` with the given fields replaced; ``None`` keeps the profile's value, sequences become tuples.
+
+    Raises:
+        KeyError: ``name`` is not a key of :data:`PROFILES`.
+    """
+    given = {k: tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else v
+             for k, v in overrides.items() if v is not None}  # fmt: skip
+    return replace(PROFILES[name], **given)
