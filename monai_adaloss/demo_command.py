@@ -78,8 +78,9 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     )
     parser.add_argument(
         "--network",
-        choices=("catheter_unet", "catheter_context_unet"),
-        help="override the profile's network (the paper's three-level U-Net or the five-level one with CoordConv)",
+        choices=("catheter_unet", "catheter_context_unet", "catheter_resnet_unet"),
+        help="override the profile's network (the paper's three-level U-Net, the five-level one with CoordConv, or "
+        "the U-Net with a ResNet-10 encoder)",
     )
     parser.add_argument(
         "--channels", type=int, nargs="+", metavar="C", help="override the profile's feature channels per level"

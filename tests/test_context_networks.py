@@ -11,6 +11,7 @@ from monai_adaloss.networks import (
     HeatmapUNet,
     SpatialConfigurationNet,
     catheter_context_unet,
+    catheter_resnet_unet,
     catheter_unet,
     hand_scn,
 )
@@ -52,6 +53,25 @@ def test_context_unet_shapes_and_coordinates() -> None:
         net(torch.zeros(1, 1, 40, 32))
 
 
+def test_resnet_unet_sees_the_whole_input_and_outputs_a_distribution() -> None:
+    torch.manual_seed(0)
+    net = catheter_resnet_unet(channels=(8, 8, 8, 4, 4), output="log_probability").eval()
+    x = torch.rand(2, 1, 64, 96, requires_grad=True)
+    out = net(x)
+    assert out.shape == (2, 1, 64, 96)
+    torch.testing.assert_close(out.exp().sum(dim=(2, 3)), torch.ones(2, 1))
+    out[0, 0, 32, 48].backward()  # one output pixel in the middle: its gradient reaches every corner
+    grad = x.grad[0, 0].abs()
+    assert all(float(corner) > 0 for corner in (grad[0, 0], grad[0, -1], grad[-1, 0], grad[-1, -1]))
+    assert catheter_resnet_unet(channels=(8, 8, 8, 4, 4)).eval()(torch.zeros(1, 1, 32, 32)).shape == (1, 1, 32, 32)
+    with pytest.raises(ValueError, match="5 decoder widths"):
+        catheter_resnet_unet(channels=(8, 8, 8))
+    with pytest.raises(ValueError, match="output"):
+        catheter_resnet_unet(output="probability")
+    with pytest.raises(ValueError, match="divisible by 32"):
+        net(torch.zeros(1, 1, 40, 32))
+
+
 def test_spatial_configuration_net() -> None:
     torch.manual_seed(0)
     net = SpatialConfigurationNet(2, 1, 3, channels=(4, 8), sc_channels=8, sc_layers=2, sc_downsample=4).eval()
@@ -75,8 +95,9 @@ def test_spatial_configuration_net() -> None:
         lambda: hand_scn(out_channels=5, channels=(4, 8, 8)),
         lambda: catheter_unet(channels=(4, 8, 16)),
         lambda: HeatmapUNet(3, 1, 2, channels=(2, 4), kernel_size=3, coordinates=True),
+        lambda: catheter_resnet_unet(channels=(8, 8, 8, 4, 4), output="log_probability"),
     ],
-    ids=["catheter_context_unet", "hand_scn", "catheter_unet", "unet3d_coordinates"],
+    ids=["catheter_context_unet", "hand_scn", "catheter_unet", "unet3d_coordinates", "catheter_resnet_unet"],
 )
 def test_networks_script_with_equal_outputs(factory) -> None:
     torch.manual_seed(0)
@@ -96,4 +117,5 @@ def test_input_channels_of_coordconv_networks_leave_out_the_coordinate_channels(
     assert input_channels(catheter_unet(1, 1, (4, 8, 16))) == 1
     assert input_channels(catheter_context_unet(1, 1, (4, 8, 16, 32, 64))) == 1
     assert input_channels(hand_scn(1, 37, (4, 8, 16, 32))) == 1
+    assert input_channels(catheter_resnet_unet(1, 1, (8, 8, 8, 4, 4))) == 1
     assert input_channels(catheter_context_unet(3, 1, (4, 8, 16, 32, 64), coordinates=False)) == 3
