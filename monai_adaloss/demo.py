@@ -216,7 +216,9 @@ class DemoReport:
             f"errors in pixels of the original {p.frame_size}x{p.frame_size} frames",
             f"- training: {p.n_train} frames, input {p.input_size}x{p.input_size}, {p.network} {list(p.channels)} "
             f"({p.heatmap_output} output), "
-            f"{p.epochs} epochs, {p.lr_schedule} learning rate; best validation epoch {self.best_epoch} (outlier rate "
+            f"{p.epochs} epochs, {p.lr_schedule} learning rate"
+            f"{f', device layers on {100 * p.device_overlay_prob:g} % of the samples' if p.device_overlay_prob else ''}"
+            f"; best validation epoch {self.best_epoch} (outlier rate "
             f"{100 * best['val_outlier_rate']:.1f} %, median {best['val_median_dist_px']:.2f} px, "
             f"mean {best['val_mean_dist_px']:.2f} px)",
             f"- gross errors: {100 * self.outlier_rate():.1f} % of the test frames more than "
@@ -368,6 +370,7 @@ def make_training_workflow(
         input_size=[profile.input_size] * 2,
         network_channels=list(profile.channels),
         heatmap_output=profile.heatmap_output,
+        device_overlay_prob=profile.device_overlay_prob,
         max_epochs=profile.epochs,
         train_batch_size=profile.batch_size,
         num_workers=0,

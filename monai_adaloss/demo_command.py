@@ -13,6 +13,7 @@ from .demo_profiles import (
     DEFAULT_DATASET_DIR,
     LR_SCHEDULES,
     PROFILES,
+    DemoProfile,
     profile_with_overrides,
 )
 
@@ -94,6 +95,13 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         help="override the profile's splits that may hold multi-frame files (training, validation, test); the "
         "others hold single-frame files only (one scene per frame); the listed splits' files are unchanged",
     )
+    parser.add_argument(
+        "--device-overlay",
+        type=float,
+        metavar="P",
+        help="override the profile's chance that a training frame gets a random layer of synthetic devices "
+        "(distractors) multiplied onto it",
+    )
     parser.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: at most 2)")
     parser.add_argument(
@@ -130,6 +138,27 @@ def _key_value(text: str) -> tuple[str, float | str]:
         return key, value
 
 
+def _profile_from_args(args: argparse.Namespace) -> DemoProfile:
+    """The chosen profile with the command line's overrides.
+
+    Raises:
+        ValueError: an override out of range (e.g. ``--device-overlay 2``).
+    """
+    return profile_with_overrides(
+        args.profile,
+        epochs=args.epochs,
+        n_train=args.n_train,
+        input_size=args.input_size,
+        batch_size=args.batch_size,
+        heatmap_output=args.heatmap_output,
+        network=args.network,
+        channels=args.channels,
+        lr_schedule=args.lr_schedule,
+        multiframe_splits=args.multiframe_splits,
+        device_overlay_prob=args.device_overlay,
+    )
+
+
 def _run_demo_command(args: argparse.Namespace) -> int:
     import torch
 
@@ -145,18 +174,11 @@ def _run_demo_command(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads or min(2, os.cpu_count() or 1))
-    profile = profile_with_overrides(
-        args.profile,
-        epochs=args.epochs,
-        n_train=args.n_train,
-        input_size=args.input_size,
-        batch_size=args.batch_size,
-        heatmap_output=args.heatmap_output,
-        network=args.network,
-        channels=args.channels,
-        lr_schedule=args.lr_schedule,
-        multiframe_splits=args.multiframe_splits,
-    )
+    try:
+        profile = _profile_from_args(args)
+    except ValueError as err:
+        print(f"monai-adaloss demo: {err}")
+        return 2
     try:
         report = run_demo(
             args.output_dir,

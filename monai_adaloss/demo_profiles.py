@@ -51,6 +51,10 @@ class DemoProfile:
             scenes rather than on a few sequences; a single-frame training split gives more scenes for the same
             number of training frames. Each split's files are drawn from ``(seed, split, index)``, so a split
             listed here is the same whatever the others do.
+        device_overlay_prob: the bundle's ``device_overlay_prob``: the chance that a training sample gets a
+            random layer of synthetic devices (ECG leads, clips, wires, a second tube, stents) multiplied onto
+            it (:class:`monai_adaloss.synthetic.device_overlay.RandDeviceOverlayd`); 0 (the bundle's default)
+            leaves the training frames' distractors as they are.
         smoke_test: the profile only checks that every step runs (too small to learn): its result is
             "every step ran", not a comparison with the centre guess, and the command exits 0.
     """
@@ -69,6 +73,7 @@ class DemoProfile:
     schedule_args: tuple[tuple[str, float], ...] = ()
     lr_schedule: str = "constant"
     multiframe_splits: tuple[str, ...] = DATASET_SPLITS
+    device_overlay_prob: float = 0.0
     smoke_test: bool = False
 
     def __post_init__(self) -> None:
@@ -76,6 +81,8 @@ class DemoProfile:
             raise ValueError(f"Argument `lr_schedule` must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}.")
         if self.schedule_args and self.schedule is None:
             raise ValueError("Argument `schedule_args` needs a `schedule` name.")
+        if not 0.0 <= self.device_overlay_prob <= 1.0:
+            raise ValueError(f"Argument `device_overlay_prob` must be in [0, 1], got {self.device_overlay_prob}.")
 
 
 _ADALOSS = DemoProfile(

@@ -137,3 +137,25 @@ def test_cache_datasets_cache_every_deterministic_step(bundle: str) -> None:
         first = steps[uncached[0]]
         assert type(first).__name__.startswith("Rand") and isinstance(first, Randomizable), (bundle, type(first))
         assert any(type(t).__name__ in ("Resized", "ResizeWithPadOrCropd") for t in steps[: uncached[0]]), bundle
+
+
+def test_catheter_bundle_device_overlay_is_off_by_default_and_sized_to_the_input() -> None:
+    """``device_overlay_prob`` switches the synthetic device layers on; the layers' spacing follows the input grid
+    (the bundle's 256 px frames at 0.3-0.4 mm), and the step comes last among the random ones, so the other
+    augmentations draw the same numbers with it off."""
+    from monai.bundle import ConfigParser
+
+    from monai_adaloss.bundles import bundle_path
+    from monai_adaloss.synthetic.device_overlay import RandDeviceOverlayd
+
+    for overrides, prob, spacing in (({}, 0.0, (0.3, 0.4)), ({"device_overlay_prob": 0.5, "input_size": [128, 128]},
+                                                            0.5, (0.6, 0.8))):  # fmt: skip
+        parser = ConfigParser()
+        parser.read_config(str(bundle_path("catheter_tip_fluoro") / "configs" / "train.json"))
+        parser.update(overrides)
+        steps = parser.get_parsed_content("train::preprocessing").transforms
+        overlays = [t for t in steps if isinstance(t, RandDeviceOverlayd)]
+        assert len(overlays) == 1 and overlays[0].prob == prob
+        assert overlays[0].pixel_spacing_mm == pytest.approx(spacing)
+        random_steps = [t for t in steps if type(t).__name__.startswith("Rand")]
+        assert random_steps[-1] is overlays[0]

@@ -80,6 +80,7 @@ __all__ = [
     "FluoroscopyFrame",
     "MarkerLandmark",
     "ProjectionGeometry",
+    "generate_attenuation",
     "generate_frame",
     "generate_sequence",
     "make_dataset",
@@ -1216,6 +1217,22 @@ def generate_frame(config: FluoroscopyConfig, rng: np.random.Generator) -> Fluor
 
 
 # --------------------------------------------------------------------------------------------- dataset
+
+
+def generate_attenuation(config: FluoroscopyConfig, rng: np.random.Generator) -> np.ndarray:
+    """The line-integral attenuation ("mu x path length") of one frame's scene, before exposure and display.
+
+    What the detector sees of a frame is ``exp(-attenuation)``; X-ray attenuations of objects lying on
+    top of each other add. Used to render device layers that can be laid over other frames
+    (:mod:`monai_adaloss.synthetic.device_overlay`).
+
+    Returns:
+        float32 ``(columns, rows)``, MONAI's reader layout ``[x, y]`` like `FluoroscopyFrame.image`.
+    """
+    scene = _sample_scene(config, rng, 1)
+    attenuation = scene.static_attenuation.copy()
+    _add_devices(scene, attenuation, 0)
+    return np.ascontiguousarray(attenuation.T, dtype=np.float32)
 
 
 def _points_json(points: np.ndarray) -> list[list[float]]:
