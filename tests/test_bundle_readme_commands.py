@@ -405,6 +405,8 @@ LONG_DOCS += [
             "benchmarks_out/s8_outliers200/results.md",
             "benchmarks_out/s8_outliers200_cpu/results.md",
             "runs/s8/g_s0/results.json",
+            "runs/s9/cpuov_s0/results.json",
+            "benchmarks_out/s9_outliers200/results.md",
         ),
         replace={
             "for seed in 0 1 2;": "for seed in 0;",
@@ -412,6 +414,8 @@ LONG_DOCS += [
             "runs/shipped_s0 runs/shipped_s1 runs/shipped_s2 runs/x_ce1600_s0 runs/x_ce1600_s1 runs/x_ce1600_s2 "
             "runs/s8/e1_s0 runs/s8/f_s0": "runs/demo_tiny",
             "runs/s8/g_s0 runs/s8/g_s1 runs/s8/cpu22_s2": "runs/demo_tiny",
+            "runs/s9/cpuov_s0 runs/s9/cpuov_s1 runs/s9/cpuov_s2 runs/s9/r10_s0 runs/s9/r10_e60c_s0 runs/s9/r10c18_s0 "
+            "runs/s9/r10c18ov_s0": "runs/demo_tiny",
             "--data runs/shipped_s0/data": "",
             "--data runs/s8/cpu22_s2/data": "",
             "../shared/data/hand_xray": "{tmp}/hand_xray_folder",
