@@ -388,44 +388,41 @@ def _tiny_demo(tmp: Path) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
 
 
-ACCURACY_DOC = LongDoc(
-    "accuracy.md",
-    {
-        "benchmarks/outliers.py": {"--threads": "1", "--n-test": "4"},
-        "benchmarks/hand_schedule_study.py": {"--seeds": ["0"], "--epochs": "1", "--schedules": ["default"]},
-        "benchmarks/demo_epoch_time.py": {"--profile": "tiny", "--epochs": "1", "--threads": "1"},
-        "demo": {"--profile": "tiny", "--threads": "1", "--n-train": "8", "--epochs": "1"},  # monai-adaloss demo
-    },
-    (
-        "benchmarks_out/outliers_cath/results.md",
-        "benchmarks_out/hand_study/study.md",
-        "runs/ce1600_s0/results.json",
-        "runs/s8/f_s0/results.json",
-        "benchmarks_out/s8_outliers200/results.md",
-        "benchmarks_out/s8_outliers200_cpu/results.md",
-        "runs/s8/g_s0/results.json",
-        "runs/s9/cpuov_s0/results.json",
-        "benchmarks_out/s9_outliers200/results.md",
-    ),
-    replace={
-        "for seed in 0 1 2;": "for seed in 0;",
-        "runs/demo_paper_s0 runs/demo_paper_s1 runs/demo_ctx_s0 runs/demo_ctxB_s0": "runs/demo_tiny",
-        "runs/shipped_s0 runs/shipped_s1 runs/shipped_s2 runs/x_ce1600_s0 runs/x_ce1600_s1 runs/x_ce1600_s2 "
-        "runs/s8/e1_s0 runs/s8/f_s0": "runs/demo_tiny",
-        "runs/s8/g_s0 runs/s8/g_s1 runs/s8/cpu22_s2": "runs/demo_tiny",
-        "runs/s9/cpuov_s0 runs/s9/cpuov_s1 runs/s9/cpuov_s2 runs/s9/r10_s0 runs/s9/r10_e60c_s0 runs/s9/r10c18_s0 "
-        "runs/s9/r10c18ov_s0": "runs/demo_tiny",
-        "--data runs/shipped_s0/data": "",
-        "--data runs/s8/cpu22_s2/data": "",
-        "../shared/data/hand_xray": "{tmp}/hand_xray_folder",
-    },
-    needs=SHARED / "hand_xray",
-    prepare=_tiny_demo_and_hand_xray,
-)
-"""docs/accuracy.md: the longest document (about 3 minutes); tests/test_accuracy_doc_commands.py runs it, a
-file of its own, so that ``pytest -n 2 --dist loadfile`` can run it beside the other documents' commands."""
-
 LONG_DOCS += [
+    LongDoc(
+        "accuracy.md",
+        {
+            "benchmarks/outliers.py": {"--threads": "1", "--n-test": "4"},
+            "benchmarks/hand_schedule_study.py": {"--seeds": ["0"], "--epochs": "1", "--schedules": ["default"]},
+            "benchmarks/demo_epoch_time.py": {"--profile": "tiny", "--epochs": "1", "--threads": "1"},
+            "demo": {"--profile": "tiny", "--threads": "1", "--n-train": "8", "--epochs": "1"},  # monai-adaloss demo
+        },
+        (
+            "benchmarks_out/outliers_cath/results.md",
+            "benchmarks_out/hand_study/study.md",
+            "runs/ce1600_s0/results.json",
+            "runs/s8/f_s0/results.json",
+            "benchmarks_out/s8_outliers200/results.md",
+            "benchmarks_out/s8_outliers200_cpu/results.md",
+            "runs/s8/g_s0/results.json",
+            "runs/s9/cpuov_s0/results.json",
+            "benchmarks_out/s9_outliers200/results.md",
+        ),
+        replace={
+            "for seed in 0 1 2;": "for seed in 0;",
+            "runs/demo_paper_s0 runs/demo_paper_s1 runs/demo_ctx_s0 runs/demo_ctxB_s0": "runs/demo_tiny",
+            "runs/shipped_s0 runs/shipped_s1 runs/shipped_s2 runs/x_ce1600_s0 runs/x_ce1600_s1 runs/x_ce1600_s2 "
+            "runs/s8/e1_s0 runs/s8/f_s0": "runs/demo_tiny",
+            "runs/s8/g_s0 runs/s8/g_s1 runs/s8/cpu22_s2": "runs/demo_tiny",
+            "runs/s9/cpuov_s0 runs/s9/cpuov_s1 runs/s9/cpuov_s2 runs/s9/r10_s0 runs/s9/r10_e60c_s0 runs/s9/r10c18_s0 "
+            "runs/s9/r10c18ov_s0": "runs/demo_tiny",
+            "--data runs/shipped_s0/data": "",
+            "--data runs/s8/cpu22_s2/data": "",
+            "../shared/data/hand_xray": "{tmp}/hand_xray_folder",
+        },
+        needs=SHARED / "hand_xray",
+        prepare=_tiny_demo_and_hand_xray,
+    ),
     LongDoc(
         "sigma_sweep.md",
         {
