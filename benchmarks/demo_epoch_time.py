@@ -30,7 +30,7 @@ from ignite.engine import Events
 from ignite.handlers import Timer
 
 from monai_adaloss.demo import PROFILES, make_synthetic_dataset, make_training_workflow
-from monai_adaloss.demo_profiles import profile_with_overrides
+from monai_adaloss.demo_profiles import NETWORKS, profile_with_overrides
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--n-train", type=int)
-    parser.add_argument("--network", choices=("catheter_unet", "catheter_context_unet"))
+    parser.add_argument("--network", choices=NETWORKS)
     parser.add_argument("--channels", type=int, nargs="+")
     parser.add_argument("--heatmap-output", choices=("heatmap", "log_probability"))
     parser.add_argument("--threads", type=int, default=2)

@@ -12,6 +12,7 @@ from .demo_profiles import (
     DATASET_SPLITS,
     DEFAULT_DATASET_DIR,
     LR_SCHEDULES,
+    NETWORKS,
     PROFILES,
     DemoProfile,
     profile_with_overrides,
@@ -79,7 +80,7 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     )
     parser.add_argument(
         "--network",
-        choices=("catheter_unet", "catheter_context_unet", "catheter_resnet_unet"),
+        choices=NETWORKS,
         help="override the profile's network (the paper's three-level U-Net, the five-level one with CoordConv, or "
         "the U-Net with a ResNet-10 encoder)",
     )

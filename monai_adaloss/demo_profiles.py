@@ -11,6 +11,7 @@ __all__ = [
     "DATASET_SPLITS",
     "DEFAULT_DATASET_DIR",
     "LR_SCHEDULES",
+    "NETWORKS",
     "PROFILES",
     "DemoProfile",
     "profile_with_overrides",
@@ -19,6 +20,8 @@ __all__ = [
 BUNDLE_NAME = "catheter_tip_fluoro"
 DEFAULT_DATASET_DIR = "data/catheter_tip_fluoro"
 LR_SCHEDULES = ("constant", "cosine")
+NETWORKS = ("catheter_unet", "catheter_context_unet", "catheter_resnet_unet")
+"""The factories of :mod:`monai_adaloss.networks` a demo profile may name (``DemoProfile.network``)."""
 DATASET_SPLITS = ("training", "validation", "test")
 """The synthetic dataset's splits (the datalist's lists), in the order they are written."""
 

@@ -1153,11 +1153,18 @@ def _display(scene: _Scene, counts: np.ndarray) -> np.ndarray:
     return np.clip(value * scene.field, 0.0, 1.0)
 
 
+def _frame_attenuation(scene: _Scene, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Frame `k`'s attenuation ``(rows, columns)`` (the scene's static part plus its devices), landmarks and
+    guidewire end (`_add_devices`)."""
+    attenuation = scene.static_attenuation.copy()
+    landmarks, wire_tip = _add_devices(scene, attenuation, k)
+    return attenuation, landmarks, wire_tip
+
+
 def _render_frame(scene: _Scene, k: int, rng: np.random.Generator) -> FluoroscopyFrame:
     """Frame `k` of a scene, with its own noise and annotation noise from `rng`."""
     config = scene.config
-    attenuation = scene.static_attenuation.copy()
-    landmarks, wire_tip = _add_devices(scene, attenuation, k)
+    attenuation, landmarks, wire_tip = _frame_attenuation(scene, k)
     expected = scene.dose * scene.exposure * np.exp(-attenuation)
     if scene.motion_kernel is not None:
         expected = ndimage.convolve(expected, scene.motion_kernel, mode="nearest")
@@ -1229,9 +1236,7 @@ def generate_attenuation(config: FluoroscopyConfig, rng: np.random.Generator) ->
     Returns:
         float32 ``(columns, rows)``, MONAI's reader layout ``[x, y]`` like `FluoroscopyFrame.image`.
     """
-    scene = _sample_scene(config, rng, 1)
-    attenuation = scene.static_attenuation.copy()
-    _add_devices(scene, attenuation, 0)
+    attenuation, _, _ = _frame_attenuation(_sample_scene(config, rng, 1), 0)
     return np.ascontiguousarray(attenuation.T, dtype=np.float32)
 
 
