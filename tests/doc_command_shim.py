@@ -15,6 +15,12 @@ export commands run exactly as written, so they must find what they need in the 
 
 ``DOC_SCRIPT_OVERRIDES`` (a JSON object ``{script: {--key: value or [values]}}``) gives the tiny arguments of
 a long-running script (``python benchmarks/x.py ...``): each option is replaced with all its values.
+
+``DOC_RUN_LOG`` (a file path) turns on the record of those scripts' runs: a script command whose tiny command
+line equals one that already ran in this document, all but its output folder (``-o`` / ``--output-dir``), is
+written to the record as a repeat and not run again; its output folder becomes a link to the earlier run's,
+so later commands that read it find the same files (a document's commands that differ only in what the tiny
+arguments replace, e.g. the runs a benchmark reads, would run the same tiny job again).
 """
 
 from __future__ import annotations
@@ -80,10 +86,62 @@ def command(
     raise SystemExit(f"doc_command_shim: unknown command {name!r}")
 
 
+OUTPUT_OPTIONS = ("-o", "--output-dir")
+"""Options whose value is where a script writes: two commands that differ only there do the same work."""
+
+
+def without_outputs(argv: list[str]) -> list[str]:
+    """``argv`` without the :data:`OUTPUT_OPTIONS` and their values."""
+    kept: list[str] = []
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in OUTPUT_OPTIONS:
+            skip = True
+        else:
+            kept.append(token)
+    return kept
+
+
+def _output_folder(argv: list[str]) -> Path | None:
+    """The absolute value of ``argv``'s output option (relative to the working folder), if it has one."""
+    for option in OUTPUT_OPTIONS:
+        if option in argv[:-1]:
+            return Path.cwd() / argv[argv.index(option) + 1]
+    return None
+
+
+def earlier_run(log: Path, name: str, argv: list[str]) -> dict | None:
+    """The record of the earlier run that ``name argv`` repeats (outputs aside), or ``None``; records this one.
+
+    Records are JSON lines ``{"command", "argv", "output", "repeat"}`` (``output``: absolute, or ``null``).
+    """
+    key = [name, *without_outputs(argv)]
+    runs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    earlier = next((run for run in runs if run["command"] == key and not run["repeat"]), None)
+    output = _output_folder(argv)
+    with log.open("a") as handle:
+        record = {"command": key, "argv": argv, "output": None if output is None else str(output)}
+        handle.write(json.dumps({**record, "repeat": earlier is not None}) + "\n")
+    return earlier
+
+
 def main() -> None:
     name, argv = sys.argv[1], sys.argv[2:]
     overrides = json.loads(os.environ.get("DOC_TRAIN_OVERRIDES", "{}"))
-    real = command(name, argv, overrides, json.loads(os.environ.get("DOC_SCRIPT_OVERRIDES", "{}")))
+    script_overrides = json.loads(os.environ.get("DOC_SCRIPT_OVERRIDES", "{}"))
+    real = command(name, argv, overrides, script_overrides)
+    log = os.environ.get("DOC_RUN_LOG")
+    if log and argv and argv[0] in script_overrides:
+        earlier = earlier_run(Path(log), name, real[1:])
+        if earlier is not None:
+            output = _output_folder(real[1:])
+            if output is not None and earlier["output"] is not None and not output.exists():
+                output.parent.mkdir(parents=True, exist_ok=True)
+                output.symlink_to(earlier["output"], target_is_directory=True)
+            print(f"doc_command_shim: the same tiny command ran before; its outputs are that run's: {' '.join(argv)}")
+            return
     os.execv(real[0], real)
 
 

@@ -15,9 +15,11 @@ use the bundle-relative ``configs/`` or ``models/`` run in the bundle folder, as
 The bundles' documents in ``docs/`` (``endoscopy.md``, ``hand_xray.md``, ``landmarks_3d.md``), ``adaloss.md`` and
 ``annotation_noise.md`` hold benchmark commands that run for minutes to hours; each is marked ``LONG`` in the
 document, and the test runs it as written with the script's tiny arguments (``LongDoc.scripts``, e.g. 1 epoch, a
-32-pixel grid, 4-8-16 channels). ``docs/accuracy.md`` is one of them too; its peer-library commands need a
-separate venv that the project's environment must never hold, so they are marked ``external``: not run, but
-every option they give a ``benchmarks/`` script must be one of that script's. ``docs/inference.md`` runs on a
+32-pixel grid, 4-8-16 channels); a command that the tiny arguments make the same as an earlier one of the
+document (only its output folder differs) is counted (``LongDoc.repeats``), not run again. ``docs/accuracy.md``
+is one of them too; its peer-library commands need a separate venv that the project's environment must never
+hold, so they are marked ``external``: not run, but every option they give a ``benchmarks/`` script must be one
+of that script's. ``docs/inference.md`` runs on a
 tiny catheter model; ``docs/dicom_node.md``'s ``serve`` command runs in ``test_serve.py`` against Orthanc.
 """
 
@@ -193,6 +195,37 @@ def test_the_shim_overrides_training_runs_only() -> None:
     assert command("python", script, {}, {})[1:] == script
 
 
+def test_the_shim_runs_a_repeated_tiny_script_command_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sys.path.insert(0, str(SHIM.parent))
+    from doc_command_shim import earlier_run
+
+    monkeypatch.chdir(tmp_path)
+    log = tmp_path / "runs.jsonl"
+    first = ["benchmarks/x.py", "--runs", "runs/a", "--output-dir", "out/one", "--threads", "1"]
+    assert earlier_run(log, "python", first) is None
+    again = earlier_run(log, "python", [*first[:4], "out/two", *first[5:]])  # only the output folder differs
+    assert again is not None and again["output"] == str(tmp_path / "out" / "one")
+    assert earlier_run(log, "python", [*first[:2], "runs/b", *first[3:]]) is None  # reads other runs
+    assert earlier_run(log, "monai-adaloss", first) is None
+    assert [json.loads(line)["repeat"] for line in log.read_text().splitlines()] == [False, True, False, False]
+
+
+def test_a_repeated_command_finds_the_earlier_outputs_in_its_own_folder(tmp_path: Path) -> None:
+    script = tmp_path / "benchmarks" / "x.py"
+    script.parent.mkdir()
+    writer = "import pathlib,sys\nout = pathlib.Path(sys.argv[2])\nout.mkdir(parents=True)\n(out / 'r').write_text('1')"
+    script.write_text(writer)
+    env = {
+        **os.environ,
+        "PATH": shim_path(tmp_path / ".bin"),
+        "DOC_SCRIPT_OVERRIDES": json.dumps({"benchmarks/x.py": {}}),
+        "DOC_RUN_LOG": str(tmp_path / "runs.jsonl"),
+    }
+    code = "python benchmarks/x.py --output-dir out/one\npython benchmarks/x.py --output-dir out/two\n"
+    run_blocks(tmp_path / "doc.md", f"```bash\n{code}```\n", env, lambda _code: tmp_path)
+    assert (tmp_path / "out" / "two").is_symlink() and (tmp_path / "out" / "two" / "r").read_text() == "1"
+
+
 def replaced(path: Path, replace: dict[str, str], tmp: Path) -> str:
     """The text of ``path`` with each ``replace`` key (which must occur) replaced by its value."""
     text = path.read_text(encoding="utf-8")
@@ -266,6 +299,9 @@ class LongDoc:
     replace: dict[str, str] = field(default_factory=dict)
     needs: Path | None = None
     prepare: Callable[[Path], None] | None = None
+    repeats: int = 0
+    """How many of the document's script commands are repeats of an earlier one once their arguments are the
+    tiny ones (``DOC_RUN_LOG`` of ``doc_command_shim.py``): recorded, not run again."""
 
 
 LONG_DOCS = [
@@ -422,6 +458,7 @@ LONG_DOCS += [
         },
         needs=SHARED / "hand_xray",
         prepare=_tiny_demo_and_hand_xray,
+        repeats=4,  # three more outliers.py runs on runs/demo_tiny, one more demo_epoch_time.py on --profile tiny
     ),
     LongDoc(
         "sigma_sweep.md",
@@ -439,6 +476,7 @@ LONG_DOCS += [
             }
         },
         ("docs/images/lr_study.png", "docs/images/lr_study_median.png", "benchmarks_out/sweep_small/results.md"),
+        repeats=1,  # sweep128_b: the tiny --runs make it the same as sweep128_a
     ),
     LongDoc(
         "synthetic_realism.md",
@@ -471,10 +509,15 @@ def test_long_doc_commands_run_with_tiny_arguments(doc: LongDoc, tmp_path: Path)
         "PATH": shim_path(tmp_path / ".bin"),
         "OMP_NUM_THREADS": "1",
         "DOC_SCRIPT_OVERRIDES": json.dumps(scripts),
+        "DOC_RUN_LOG": str(tmp_path / "doc_runs.jsonl"),
     }
     run_blocks(path, text, env, lambda _code: tmp_path)
     missing = [p for p in doc.expect if not (tmp_path / p).exists()]
     assert not missing, missing
+    record = tmp_path / "doc_runs.jsonl"
+    runs = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+    assert all(script in {run["command"][1] for run in runs if not run["repeat"]} for script in scripts), runs
+    assert sum(run["repeat"] for run in runs) == doc.repeats, [run["argv"] for run in runs if run["repeat"]]
 
 
 # ------------------------------------------------------------------------------------------ docs/inference.md
