@@ -432,6 +432,12 @@ LONG_DOCS += [
             "benchmarks/hand_schedule_study.py": {"--seeds": ["0"], "--epochs": "1", "--schedules": ["default"]},
             "benchmarks/demo_epoch_time.py": {"--profile": "tiny", "--epochs": "1", "--threads": "1"},
             "demo": {"--profile": "tiny", "--threads": "1", "--n-train": "8", "--epochs": "1"},  # monai-adaloss demo
+            "benchmarks/catheter_body_target.py": {
+                "--epochs": "1",
+                "--eval-from": "1",
+                "--input-size": "32",
+                "--threads": "1",
+            },
         },
         (
             "benchmarks_out/outliers_cath/results.md",
@@ -443,6 +449,8 @@ LONG_DOCS += [
             "runs/s8/g_s0/results.json",
             "runs/s9/cpuov_s0/results.json",
             "benchmarks_out/s9_outliers200/results.md",
+            "benchmarks_out/s10_body/s0_w1/result.json",
+            "docs/images/catheter_worst_frames.png",
         ),
         replace={
             "for seed in 0 1 2;": "for seed in 0;",
@@ -455,6 +463,7 @@ LONG_DOCS += [
             "--data runs/shipped_s0/data": "",
             "--data runs/s8/cpu22_s2/data": "",
             "../shared/data/hand_xray": "{tmp}/hand_xray_folder",
+            "benchmarks_out/s10_body/s1_w0 --epoch 20": "benchmarks_out/s10_body/s0_w0 --epoch 1",
         },
         needs=SHARED / "hand_xray",
         prepare=_tiny_demo_and_hand_xray,

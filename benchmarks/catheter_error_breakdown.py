@@ -1,0 +1,146 @@
+"""Where a catheter model's gross errors are: by scene content, and a figure of its worst test frames.
+
+Reads a run of ``benchmarks/catheter_body_target.py`` (``per_frame.npz``: test errors per evaluated epoch;
+``model_e<N>.pt``) and the synthetic test set it was scored on. Every test frame's scene is drawn again from
+the generator's seeds (``--test-seed``: the seed that wrote ``--test-data``): catheter curled or not, guidewire,
+contrast (and a vessel from the tip), multi-frame file, and the distractors switched on (ECG electrodes and
+leads, sternal wires, clips, a second tube, stents). A frame's gross-error share is the share of the run's
+evaluated epochs in which it was more than 10 px off (less noisy than one epoch). Prints one line per property
+(frames with / without it and their gross-error shares) and draws the 16 largest errors of epoch ``--epoch``
+into ``--figure`` (true tip green, prediction red, confidence in each title).
+
+    python benchmarks/catheter_error_breakdown.py --run benchmarks_out/body/s1_w0 --epoch 20 \\
+        --test-data benchmarks_out/outliers200/test_data --test-seed 1000 --figure worst.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import torch
+from catheter_body_target import SPLIT_INDEX, tip_log_probabilities
+from monai.transforms import Compose, EnsureTyped, Resized
+
+from monai_adaloss.bundles import bundle_path, load_datalist
+from monai_adaloss.decoding import decode_single_instance
+from monai_adaloss.demo import OUTLIER_RADIUS_PX
+from monai_adaloss.networks import catheter_unet
+from monai_adaloss.synthetic.fluoroscopy import _STREAMS, FluoroscopyConfig, _sample_scene
+
+DISTRACTORS = ("electrodes", "sternal", "clips", "tube", "stents")
+"""The generator's random streams whose first draw switches a distractor on (``_sample_scene``)."""
+
+
+def scene_properties(datalist: Path, seed: int, split: str = "test") -> list[dict[str, bool]]:
+    """One dict of booleans per entry of ``split``: what its scene holds (see the module docstring)."""
+    entries = json.loads(datalist.read_text())[split]
+    frames_per_file = Counter(entry["image"] for entry in entries)
+    first = pydicom.dcmread(datalist.parent / entries[0]["image"], stop_before_pixels=True)
+    config = FluoroscopyConfig(rows=int(first.Rows), columns=int(first.Columns))
+    chance = {
+        "electrodes": config.ecg_electrodes_probability,
+        "sternal": config.sternal_wires_probability,
+        "clips": config.clips_probability,
+        "tube": config.second_tube_probability,
+        "stents": config.stents_probability,
+    }
+    per_file: dict[str, dict[str, bool]] = {}
+    for image, n_frames in frames_per_file.items():
+        file_seed = [seed, SPLIT_INDEX[split], int(Path(image).stem), 1]
+        scene = _sample_scene(config, np.random.default_rng(file_seed), n_frames)
+        streams = dict(zip(_STREAMS, np.random.default_rng(file_seed).spawn(len(_STREAMS)), strict=True))
+        vessels = streams["vessels"]
+        vessels.random()  # the contrast draw
+        from_tip = scene.contrast and bool(vessels.random() < config.vessel_from_tip_probability)
+        devices = scene.devices
+        per_file[image] = {
+            "curled": bool(devices is not None and devices.path.curled),
+            "guidewire": bool(devices is not None and devices.guidewire),
+            "contrast": scene.contrast,
+            "vessel from the tip": from_tip,
+            "multi-frame file": n_frames > 1,
+            **{name: bool(streams[name].random() < chance[name]) for name in DISTRACTORS},
+        }
+    return [{**per_file[entry["image"]], "guidewire past the tip": entry["guidewire_beyond_tip"]} for entry in entries]
+
+
+def breakdown(per_frame: np.lib.npyio.NpzFile, properties: list[dict[str, bool]]) -> list[str]:
+    """Lines ``property: n with, share gross | n without, share gross`` (shares over the evaluated epochs)."""
+    epochs = sorted(key for key in per_frame.files if key.startswith("test_e"))
+    gross = np.mean([per_frame[key] > OUTLIER_RADIUS_PX for key in epochs], axis=0)
+    lines = [f"all {len(gross)} frames, {len(epochs)} evaluated epochs: gross-error share {gross.mean():.3f}"]
+    for name in properties[0]:
+        has = np.array([p[name] for p in properties])
+        with_share = f"{gross[has].mean():.3f}" if has.any() else "-"
+        without_share = f"{gross[~has].mean():.3f}" if (~has).any() else "-"
+        counts = f"with: {has.sum():3d} frames, {with_share} | without: {(~has).sum():3d}, {without_share}"
+        lines.append(f"{name:24s} {counts}")
+    return lines
+
+
+def worst_frames_figure(run: Path, epoch: int, test_data: Path, input_size: int, out: Path, n: int = 16) -> Path:
+    """The ``n`` largest tip errors of ``run``'s model of ``epoch`` on the test split, drawn on the input grid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from monai.bundle import ConfigParser
+
+    net = catheter_unet(1, 2, (8, 16, 32), output="heatmap")
+    net.load_state_dict(torch.load(run / f"model_e{epoch}.pt", weights_only=True))
+    net.eval()
+    parser = ConfigParser()
+    parser.read_config(str(bundle_path("catheter_tip_fluoro") / "configs" / "train.json"))
+    load = Compose(parser.get_parsed_content("load_transforms"))
+    resize = Compose([Resized(keys="image", spatial_size=[input_size] * 2, mode="area"), EnsureTyped(keys="image")])
+    rows = []
+    with torch.no_grad():
+        for entry in load_datalist(test_data / "datalist.json", "test"):
+            frame = load(dict(entry))
+            scale = frame["image"].shape[1] / input_size
+            x = resize(frame)["image"].as_tensor().float()[None]
+            point, confidence = decode_single_instance(tip_log_probabilities(net(x)), log_probabilities=True)
+            xy = point[0, 0, 0].numpy() * scale + (scale - 1) / 2
+            tip = np.asarray(entry["tip_true"])
+            error = float(np.hypot(*(xy - tip)))
+            rows.append((error, x[0, 0].numpy(), xy, tip, float(confidence[0, 0, 0]), entry["image"], scale))
+    rows.sort(key=lambda row: -row[0])
+    columns = (n + 1) // 2
+    fig, axes = plt.subplots(2, columns, figsize=(3 * columns, 7.4), squeeze=False)
+    for ax, (error, image, xy, tip, confidence, name, scale) in zip(axes.flat, rows[:n], strict=False):
+        ax.imshow(image.T, cmap="gray")
+        ax.plot((tip[0] - (scale - 1) / 2) / scale, (tip[1] - (scale - 1) / 2) / scale, "go", mfc="none", ms=10)
+        ax.plot((xy[0] - (scale - 1) / 2) / scale, (xy[1] - (scale - 1) / 2) / scale, "r+", ms=12)
+        ax.set_title(f"{Path(name).name}: {error:.0f} px, c {confidence:.2f}", fontsize=10)
+        ax.axis("off")
+    fig.suptitle(f"{run.name}, epoch {epoch}: the {n} largest tip errors (green: true tip, red: prediction)")
+    fig.tight_layout(rect=(0, 0, 1, 0.95), h_pad=2.0)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=50)
+    plt.close(fig)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, required=True, help="a catheter_body_target.py output folder")
+    parser.add_argument("--epoch", type=int, required=True, help="the epoch whose model draws the figure")
+    parser.add_argument("--test-data", type=Path, required=True)
+    parser.add_argument("--test-seed", type=int, required=True, help="the seed that wrote --test-data")
+    parser.add_argument("--input-size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--figure", type=Path, required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    properties = scene_properties(args.test_data / "datalist.json", args.test_seed)
+    print("\n".join(breakdown(np.load(args.run / "per_frame.npz"), properties)))
+    print(worst_frames_figure(args.run, args.epoch, args.test_data, args.input_size, args.figure))
+
+
+if __name__ == "__main__":
+    main()
