@@ -31,6 +31,7 @@ import json
 import math
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +48,28 @@ from monai_adaloss.bundles import bundle_path, load_datalist
 from monai_adaloss.decoding import decode_single_instance
 from monai_adaloss.demo import OUTLIER_RADIUS_PX
 from monai_adaloss.losses import AdalossHeatmapLoss
-from monai_adaloss.networks import catheter_unet
+from monai_adaloss.networks import SpatialLogSoftmax, catheter_unet
 from monai_adaloss.synthetic.fluoroscopy import FluoroscopyConfig, _sample_scene, _truncate
 
 SPLIT_INDEX = {"training": 0, "validation": 1, "test": 2}
 """``make_dataset``'s split numbers (the second element of every file's seed)."""
+
+
+def regenerated_scenes(datalist: Path, split: str, seed: int) -> tuple[list[dict], dict[str, tuple[Any, int, list]]]:
+    """The entries of ``split`` and, per file, its scene drawn again: ``image -> (scene, n_frames, file_seed)``.
+
+    ``file_seed`` is ``make_dataset``'s ``[seed, split number, file index, 1]``; the frame size is the first
+    file's (DICOM Rows / Columns).
+    """
+    entries = json.loads(datalist.read_text())[split]
+    frames_per_file = Counter(entry["image"] for entry in entries)
+    first = pydicom.dcmread(datalist.parent / entries[0]["image"], stop_before_pixels=True)
+    config = FluoroscopyConfig(rows=int(first.Rows), columns=int(first.Columns))
+    scenes = {}
+    for image, n_frames in frames_per_file.items():
+        file_seed = [seed, SPLIT_INDEX[split], int(Path(image).stem), 1]
+        scenes[image] = (_sample_scene(config, np.random.default_rng(file_seed), n_frames), n_frames, file_seed)
+    return entries, scenes
 
 
 def catheter_centrelines(datalist: Path, split: str, seed: int) -> dict[tuple[str, int], np.ndarray]:
@@ -60,17 +78,12 @@ def catheter_centrelines(datalist: Path, split: str, seed: int) -> dict[tuple[st
     Raises:
         AssertionError: when a regenerated tip is not the datalist's ``tip_true`` (wrong ``seed`` or data).
     """
-    entries = json.loads(datalist.read_text())[split]
-    frames_per_file = Counter(entry["image"] for entry in entries)
-    first = pydicom.dcmread(datalist.parent / entries[0]["image"], stop_before_pixels=True)
-    config = FluoroscopyConfig(rows=int(first.Rows), columns=int(first.Columns))
+    entries, scenes = regenerated_scenes(datalist, split, seed)
     lines = {}
-    for image, n_frames in frames_per_file.items():
-        rng = np.random.default_rng([seed, SPLIT_INDEX[split], int(Path(image).stem), 1])
-        devices = _sample_scene(config, rng, n_frames).devices
-        path = devices.path
+    for image, (scene, n_frames, _) in scenes.items():
+        path, motion = scene.devices.path, scene.devices.motion
         for k in range(n_frames):
-            lines[(image, k)], _ = _truncate(path.centreline + devices.motion[k], path.arc, float(path.tip_arcs[k]))
+            lines[(image, k)], _ = _truncate(path.centreline + motion[k], path.arc, float(path.tip_arcs[k]))
     for entry in entries:
         tip = lines[(entry["image"], entry.get("frame", 0))][-1]
         assert np.allclose(tip, entry["tip_true"], atol=2e-3), f"{entry['image']}: {tip} != {entry['tip_true']}"
@@ -107,14 +120,20 @@ class CatheterBodyd(MapTransform):
         return d
 
 
+def bundle_parser() -> ConfigParser:
+    """The catheter bundle's ``train.json``, read (its ``load_transforms`` load a frame and its points)."""
+    parser = ConfigParser()
+    parser.read_config(str(bundle_path("catheter_tip_fluoro") / "configs" / "train.json"))
+    return parser
+
+
 def training_transforms(seed: int, input_size: int, overlay: float, radius: float) -> tuple[Compose, list]:
     """The catheter bundle's loading, a resize to ``input_size`` and its augmentation, the body mask alongside.
 
     The flips, rotation and zoom move the body mask with the image; returns the training ``Compose`` and the
     bundle's loading transforms (for evaluation).
     """
-    parser = ConfigParser()
-    parser.read_config(str(bundle_path("catheter_tip_fluoro") / "configs" / "train.json"))
+    parser = bundle_parser()
     parser["input_size"] = [input_size, input_size]
     parser["device_overlay_prob"] = overlay
     parser["seed"] = seed
@@ -136,31 +155,41 @@ def _plain(tensor: Any) -> torch.Tensor:
     return tensor.as_tensor() if hasattr(tensor, "as_tensor") else tensor
 
 
-def tip_log_probabilities(out: torch.Tensor) -> torch.Tensor:
-    """Channel 0 of ``out`` ``(B, 2, H, W)`` as a spatial log-probability map ``(B, 1, H, W)``."""
-    heat = out[:, :1]
-    return torch.log_softmax(heat.flatten(2), -1).reshape(heat.shape)
+TIP_LOG_PROBABILITIES = SpatialLogSoftmax()
+"""Applied to channel 0 (the tip) of the network's ``(B, 2, H, W)`` output; channel 1 is the body's logits."""
 
 
-def evaluate(net: torch.nn.Module, entries: list[dict], load: list, input_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Tip errors (px of each frame) and confidences of ``entries``; the frames' own size sets the scale."""
+def predict_tips(
+    net: torch.nn.Module, entries: list[dict], load: list, input_size: int, batch_size: int = 16
+) -> Iterator[tuple[dict, torch.Tensor, np.ndarray, float, float]]:
+    """Per entry: ``(entry, input (1, X, Y), tip (x, y) in px of the frame, confidence, frame px per input px)``.
+
+    Each frame is loaded with ``load``, resized ("area") to ``input_size`` (square frames) and decoded from the
+    tip channel (integer argmax + refinement); an input pixel ``i`` covers frame pixels around
+    ``i * scale + (scale - 1) / 2``.
+    """
     load_frame = Compose(load)
     resize = Compose([Resized(keys="image", spatial_size=[input_size] * 2, mode="area"), EnsureTyped(keys="image")])
+    was_training = net.training
     net.eval()
-    errors, confidences = [], []
     with torch.no_grad():
-        for start in range(0, len(entries), 16):
-            chunk = entries[start : start + 16]
+        for start in range(0, len(entries), batch_size):
+            chunk = entries[start : start + batch_size]
             frames = [load_frame(dict(entry)) for entry in chunk]
             scales = [frame["image"].shape[1] / input_size for frame in frames]
             x = torch.stack([_plain(resize(frame)["image"]).float() for frame in frames])
-            points, confidence = decode_single_instance(tip_log_probabilities(net(x)), log_probabilities=True)
-            for entry, scale, point, conf in zip(chunk, scales, points[:, 0, 0], confidence[:, 0, 0], strict=True):
-                xy = point.numpy() * scale + (scale - 1) / 2  # "area" resize: pixel centres
-                errors.append(float(np.hypot(*(xy - np.asarray(entry["tip_true"])))))
-                confidences.append(float(conf))
-    net.train()
-    return np.asarray(errors), np.asarray(confidences)
+            points, confidence = decode_single_instance(TIP_LOG_PROBABILITIES(net(x)[:, :1]), log_probabilities=True)
+            for i, entry in enumerate(chunk):
+                xy = points[i, 0, 0].numpy() * scales[i] + (scales[i] - 1) / 2
+                yield entry, x[i], xy, float(confidence[i, 0, 0]), scales[i]
+    net.train(was_training)
+
+
+def evaluate(net: torch.nn.Module, entries: list[dict], load: list, input_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tip errors (px of each frame) and confidences of ``entries`` (:func:`predict_tips`)."""
+    predictions = list(predict_tips(net, entries, load, input_size))
+    errors = [float(np.hypot(*(xy - np.asarray(entry["tip_true"])))) for entry, _, xy, _, _ in predictions]
+    return np.asarray(errors), np.asarray([confidence for _, _, _, confidence, _ in predictions])
 
 
 def save_check_figure(dataset: CacheDataset, path: Path, n: int = 4) -> None:
@@ -225,7 +254,7 @@ def train(args: argparse.Namespace) -> dict:
         tip_sum = body_sum = 0.0
         for batch in loader:
             out_maps = net(_plain(batch["image"]))
-            loss = tip_loss(tip_log_probabilities(out_maps), _plain(batch["label"])).mean()
+            loss = tip_loss(TIP_LOG_PROBABILITIES(out_maps[:, :1]), _plain(batch["label"])).mean()
             body = F.binary_cross_entropy_with_logits(out_maps[:, 1:], _plain(batch["body"]))
             optimizer.zero_grad()
             (loss + args.aux_weight * body).backward()

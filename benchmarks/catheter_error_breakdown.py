@@ -16,21 +16,16 @@ into ``--figure`` (true tip green, prediction red, confidence in each title).
 from __future__ import annotations
 
 import argparse
-import json
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import torch
-from catheter_body_target import SPLIT_INDEX, tip_log_probabilities
-from monai.transforms import Compose, EnsureTyped, Resized
+from catheter_body_target import bundle_parser, predict_tips, regenerated_scenes
 
-from monai_adaloss.bundles import bundle_path, load_datalist
-from monai_adaloss.decoding import decode_single_instance
+from monai_adaloss.bundles import load_datalist
 from monai_adaloss.demo import OUTLIER_RADIUS_PX
 from monai_adaloss.networks import catheter_unet
-from monai_adaloss.synthetic.fluoroscopy import _STREAMS, FluoroscopyConfig, _sample_scene
+from monai_adaloss.synthetic.fluoroscopy import _STREAMS
 
 DISTRACTORS = ("electrodes", "sternal", "clips", "tube", "stents")
 """The generator's random streams whose first draw switches a distractor on (``_sample_scene``)."""
@@ -38,10 +33,8 @@ DISTRACTORS = ("electrodes", "sternal", "clips", "tube", "stents")
 
 def scene_properties(datalist: Path, seed: int, split: str = "test") -> list[dict[str, bool]]:
     """One dict of booleans per entry of ``split``: what its scene holds (see the module docstring)."""
-    entries = json.loads(datalist.read_text())[split]
-    frames_per_file = Counter(entry["image"] for entry in entries)
-    first = pydicom.dcmread(datalist.parent / entries[0]["image"], stop_before_pixels=True)
-    config = FluoroscopyConfig(rows=int(first.Rows), columns=int(first.Columns))
+    entries, scenes = regenerated_scenes(datalist, split, seed)
+    config = next(iter(scenes.values()))[0].config
     chance = {
         "electrodes": config.ecg_electrodes_probability,
         "sternal": config.sternal_wires_probability,
@@ -50,19 +43,16 @@ def scene_properties(datalist: Path, seed: int, split: str = "test") -> list[dic
         "stents": config.stents_probability,
     }
     per_file: dict[str, dict[str, bool]] = {}
-    for image, n_frames in frames_per_file.items():
-        file_seed = [seed, SPLIT_INDEX[split], int(Path(image).stem), 1]
-        scene = _sample_scene(config, np.random.default_rng(file_seed), n_frames)
+    for image, (scene, n_frames, file_seed) in scenes.items():
         streams = dict(zip(_STREAMS, np.random.default_rng(file_seed).spawn(len(_STREAMS)), strict=True))
         vessels = streams["vessels"]
         vessels.random()  # the contrast draw
-        from_tip = scene.contrast and bool(vessels.random() < config.vessel_from_tip_probability)
         devices = scene.devices
         per_file[image] = {
             "curled": bool(devices is not None and devices.path.curled),
             "guidewire": bool(devices is not None and devices.guidewire),
             "contrast": scene.contrast,
-            "vessel from the tip": from_tip,
+            "vessel from the tip": scene.contrast and bool(vessels.random() < config.vessel_from_tip_probability),
             "multi-frame file": n_frames > 1,
             **{name: bool(streams[name].random() < chance[name]) for name in DISTRACTORS},
         }
@@ -89,26 +79,15 @@ def worst_frames_figure(run: Path, epoch: int, test_data: Path, input_size: int,
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from monai.bundle import ConfigParser
 
     net = catheter_unet(1, 2, (8, 16, 32), output="heatmap")
     net.load_state_dict(torch.load(run / f"model_e{epoch}.pt", weights_only=True))
-    net.eval()
-    parser = ConfigParser()
-    parser.read_config(str(bundle_path("catheter_tip_fluoro") / "configs" / "train.json"))
-    load = Compose(parser.get_parsed_content("load_transforms"))
-    resize = Compose([Resized(keys="image", spatial_size=[input_size] * 2, mode="area"), EnsureTyped(keys="image")])
+    load = bundle_parser().get_parsed_content("load_transforms")
+    entries = load_datalist(test_data / "datalist.json", "test")
     rows = []
-    with torch.no_grad():
-        for entry in load_datalist(test_data / "datalist.json", "test"):
-            frame = load(dict(entry))
-            scale = frame["image"].shape[1] / input_size
-            x = resize(frame)["image"].as_tensor().float()[None]
-            point, confidence = decode_single_instance(tip_log_probabilities(net(x)), log_probabilities=True)
-            xy = point[0, 0, 0].numpy() * scale + (scale - 1) / 2
-            tip = np.asarray(entry["tip_true"])
-            error = float(np.hypot(*(xy - tip)))
-            rows.append((error, x[0, 0].numpy(), xy, tip, float(confidence[0, 0, 0]), entry["image"], scale))
+    for entry, x, xy, confidence, scale in predict_tips(net, entries, load, input_size):
+        tip = np.asarray(entry["tip_true"])
+        rows.append((float(np.hypot(*(xy - tip))), x[0].numpy(), xy, tip, confidence, entry["image"], scale))
     rows.sort(key=lambda row: -row[0])
     columns = (n + 1) // 2
     fig, axes = plt.subplots(2, columns, figsize=(3 * columns, 7.4), squeeze=False)

@@ -90,26 +90,19 @@ OUTPUT_OPTIONS = ("-o", "--output-dir")
 """Options whose value is where a script writes: two commands that differ only there do the same work."""
 
 
-def without_outputs(argv: list[str]) -> list[str]:
-    """``argv`` without the :data:`OUTPUT_OPTIONS` and their values."""
+def split_output(argv: list[str]) -> tuple[list[str], Path | None]:
+    """``argv`` without its :data:`OUTPUT_OPTIONS` and their values, and the output folder (absolute: relative to
+    the working folder), if it has one."""
     kept: list[str] = []
-    skip = False
-    for token in argv:
-        if skip:
-            skip = False
-        elif token in OUTPUT_OPTIONS:
-            skip = True
+    output = None
+    tokens = iter(argv)
+    for token in tokens:
+        if token in OUTPUT_OPTIONS:
+            value = next(tokens, None)
+            output = None if value is None else Path.cwd() / value
         else:
             kept.append(token)
-    return kept
-
-
-def _output_folder(argv: list[str]) -> Path | None:
-    """The absolute value of ``argv``'s output option (relative to the working folder), if it has one."""
-    for option in OUTPUT_OPTIONS:
-        if option in argv[:-1]:
-            return Path.cwd() / argv[argv.index(option) + 1]
-    return None
+    return kept, output
 
 
 def earlier_run(log: Path, name: str, argv: list[str]) -> dict | None:
@@ -117,10 +110,10 @@ def earlier_run(log: Path, name: str, argv: list[str]) -> dict | None:
 
     Records are JSON lines ``{"command", "argv", "output", "repeat"}`` (``output``: absolute, or ``null``).
     """
-    key = [name, *without_outputs(argv)]
+    rest, output = split_output(argv)
+    key = [name, *rest]
     runs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     earlier = next((run for run in runs if run["command"] == key and not run["repeat"]), None)
-    output = _output_folder(argv)
     with log.open("a") as handle:
         record = {"command": key, "argv": argv, "output": None if output is None else str(output)}
         handle.write(json.dumps({**record, "repeat": earlier is not None}) + "\n")
@@ -136,7 +129,7 @@ def main() -> None:
     if log and argv and argv[0] in script_overrides:
         earlier = earlier_run(Path(log), name, real[1:])
         if earlier is not None:
-            output = _output_folder(real[1:])
+            _, output = split_output(real[1:])
             if output is not None and earlier["output"] is not None and not output.exists():
                 output.parent.mkdir(parents=True, exist_ok=True)
                 output.symlink_to(earlier["output"], target_is_directory=True)

@@ -19,8 +19,8 @@ document, and the test runs it as written with the script's tiny arguments (``Lo
 document (only its output folder differs) is counted (``LongDoc.repeats``), not run again. ``docs/accuracy.md``
 is one of them too; its peer-library commands need a separate venv that the project's environment must never
 hold, so they are marked ``external``: not run, but every option they give a ``benchmarks/`` script must be one
-of that script's. ``docs/inference.md`` runs on a
-tiny catheter model; ``docs/dicom_node.md``'s ``serve`` command runs in ``test_serve.py`` against Orthanc.
+of that script's. ``docs/inference.md`` runs on a tiny catheter model; ``docs/dicom_node.md``'s ``serve`` command
+runs in ``test_serve.py`` against Orthanc.
 """
 
 from __future__ import annotations
@@ -213,8 +213,9 @@ def test_the_shim_runs_a_repeated_tiny_script_command_once(tmp_path: Path, monke
 def test_a_repeated_command_finds_the_earlier_outputs_in_its_own_folder(tmp_path: Path) -> None:
     script = tmp_path / "benchmarks" / "x.py"
     script.parent.mkdir()
-    writer = "import pathlib,sys\nout = pathlib.Path(sys.argv[2])\nout.mkdir(parents=True)\n(out / 'r').write_text('1')"
-    script.write_text(writer)
+    script.write_text(
+        "import pathlib, sys\nout = pathlib.Path(sys.argv[2])\nout.mkdir(parents=True)\n(out / 'r').write_text('1')\n"
+    )
     env = {
         **os.environ,
         "PATH": shim_path(tmp_path / ".bin"),
