@@ -6,8 +6,9 @@ the generator's seeds (``--test-seed``: the seed that wrote ``--test-data``): ca
 contrast (and a vessel from the tip), multi-frame file, and the distractors switched on (ECG electrodes and
 leads, sternal wires, clips, a second tube, stents). A frame's gross-error share is the share of the run's
 evaluated epochs in which it was more than 10 px off (less noisy than one epoch). Prints one line per property
-(frames with / without it and their gross-error shares) and draws the 16 largest errors of epoch ``--epoch``
-into ``--figure`` (true tip green, prediction red, confidence in each title).
+(frames with / without it and their gross-error shares) and the confidence of epoch ``--epoch``'s right and
+wrong frames, and draws the 16 largest errors of epoch ``--epoch`` into ``--figure`` (true tip green,
+prediction red, confidence in each title).
 
     python benchmarks/catheter_error_breakdown.py --run benchmarks_out/body/s1_w0 --epoch 20 \\
         --test-data benchmarks_out/outliers200/test_data --test-seed 1000 --figure worst.png
@@ -73,6 +74,17 @@ def breakdown(per_frame: np.lib.npyio.NpzFile, properties: list[dict[str, bool]]
     return lines
 
 
+def confidence_line(per_frame: np.lib.npyio.NpzFile, epoch: int) -> str:
+    """Median and 10-90 % range of the confidence of epoch ``epoch``'s right (<= 10 px) and wrong test frames."""
+    errors, confidence = per_frame[f"test_e{epoch}"], per_frame[f"conf_e{epoch}"]
+    parts = []
+    for label, chosen in (("<= 10 px", errors <= OUTLIER_RADIUS_PX), ("> 10 px", ~(errors <= OUTLIER_RADIUS_PX))):
+        if chosen.any():
+            low, median, high = np.percentile(confidence[chosen], [10, 50, 90])
+            parts.append(f"{label}: {chosen.sum()} frames, median {median:.3f} (10-90 %: {low:.3f}-{high:.3f})")
+    return f"epoch {epoch} confidence, " + "; ".join(parts)
+
+
 def worst_frames_figure(run: Path, epoch: int, test_data: Path, input_size: int, out: Path, n: int = 16) -> Path:
     """The ``n`` largest tip errors of ``run``'s model of ``epoch`` on the test split, drawn on the input grid."""
     import matplotlib
@@ -117,7 +129,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     properties = scene_properties(args.test_data / "datalist.json", args.test_seed)
-    print("\n".join(breakdown(np.load(args.run / "per_frame.npz"), properties)))
+    per_frame = np.load(args.run / "per_frame.npz")
+    print("\n".join(breakdown(per_frame, properties)))
+    print(confidence_line(per_frame, args.epoch))
     print(worst_frames_figure(args.run, args.epoch, args.test_data, args.input_size, args.figure))
 
 
