@@ -1,8 +1,8 @@
 """Stand-in for ``python``, ``torchrun`` and ``monai-adaloss`` while a test runs the commands of a document.
 
-``tests/test_bundle_readme_commands.py`` writes tiny executables named ``python``, ``torchrun`` and
-``monai-adaloss`` in front of ``PATH`` that call ``doc_command_shim.py NAME ARGS...``; the document's shell text
-then runs unchanged. This module replaces the process (``os.execv``) with:
+``tests/test_bundle_readme_commands.py`` (and ``test_long_doc_commands.py``) write tiny executables named
+``python``, ``torchrun`` and ``monai-adaloss`` in front of ``PATH`` that call ``doc_command_shim.py NAME ARGS...``;
+the document's shell text then runs unchanged. This module replaces the process (``os.execv``) with:
 
 - ``python ARGS``: this test run's interpreter;
 - ``torchrun ARGS``: ``python -m torch.distributed.run --master_port=<a free port> ARGS``;

@@ -1,6 +1,6 @@
 """The benchmark scripts that no document test runs still run, with tiny arguments, and print their figures.
 
-(The benchmark commands written in ``docs/`` run in ``test_bundle_readme_commands.py``; the sweep in
+(The benchmark commands written in ``docs/`` run in ``test_long_doc_commands.py``; the sweep in
 ``test_benchmark_sweep.py``.) Each script runs in a subprocess from the repository root with one thread; the test
 checks the exit code and the lines that carry the figures, not the figures themselves (timings belong to the
 benchmarks, not to tests).
