@@ -4,8 +4,8 @@ The ``cpu`` recipe's share of test tips > 10 px off swings by 15-35 points from 
 (docs/accuracy.md, session 10), so which epoch 40 validation frames pick decides much of a run's figure. This
 script trains the demo's ``cpu`` recipe once (the paper's U-Net 8-16-32 with a spatial log-softmax, 128 px
 input, cross-entropy against a Gaussian of fixed sigma 3 px, Adam 1e-3, batch 4, the catheter bundle's
-augmentation with device layers on half of the samples) and, from the same training trajectory, scores
-several *readings* of it every epoch from ``--eval-from`` on:
+augmentation with device layers on half of the samples; ``--lr-schedule cosine`` as the demo's option) and,
+from the same training trajectory, scores several *readings* of it every epoch from ``--eval-from`` on:
 
 - ``raw``: the network's weights after the epoch (what the demo selects from);
 - ``ema<d>``: an exponential moving average of the weights and BatchNorm statistics, updated after every
@@ -130,6 +130,9 @@ def train(args: argparse.Namespace) -> dict:
     }
     loss_function = AdalossHeatmapLoss(sigma=args.sigma, criterion="cross_entropy")
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    scheduler = None
+    if args.lr_schedule == "cosine":  # the demo's --lr-schedule cosine: to 1 % over all iterations
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * len(loader), eta_min=1e-5)
     snapshots: dict[str, deque] = {split: deque(maxlen=max(args.snapshots)) for split in splits}
     history: list[dict] = []
     per_frame: dict[str, np.ndarray] = {}
@@ -141,6 +144,8 @@ def train(args: argparse.Namespace) -> dict:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             for average in averages.values():
                 average.update_parameters(net)
             loss_sum += float(loss.detach())
@@ -187,6 +192,7 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, default=3.0, help="fixed tip sigma, px of the input grid")
     parser.add_argument("--device-overlay", type=float, default=0.5, help="share of samples with device layers")
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant", help="Adam 1e-3 schedule")
     parser.add_argument("--epochs", type=int, default=22)
     parser.add_argument("--eval-from", type=int, default=1, help="first epoch evaluated (the demo selects from all)")
     parser.add_argument("--threads", type=int, default=2)
