@@ -218,6 +218,7 @@ class DemoReport:
             f"({p.heatmap_output} output), "
             f"{p.epochs} epochs, {p.lr_schedule} learning rate"
             f"{f', device layers on {100 * p.device_overlay_prob:g} % of the samples' if p.device_overlay_prob else ''}"
+            f"{f', moving average of the weights (momentum {p.ema_momentum:g})' if p.ema_momentum else ''}"
             f"; best validation epoch {self.best_epoch} (outlier rate "
             f"{100 * best['val_outlier_rate']:.1f} %, median {best['val_median_dist_px']:.2f} px, "
             f"mean {best['val_mean_dist_px']:.2f} px)",
@@ -371,6 +372,7 @@ def make_training_workflow(
         network_channels=list(profile.channels),
         heatmap_output=profile.heatmap_output,
         device_overlay_prob=profile.device_overlay_prob,
+        ema_momentum=profile.ema_momentum or None,
         max_epochs=profile.epochs,
         train_batch_size=profile.batch_size,
         num_workers=0,

@@ -103,6 +103,13 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         help="override the profile's chance that a training frame gets a random layer of synthetic devices "
         "(distractors) multiplied onto it",
     )
+    parser.add_argument(
+        "--ema-momentum",
+        type=float,
+        metavar="M",
+        help="override the profile's momentum of the moving average of the weights that is validated and saved "
+        "(0 <= M < 1; 0: off, the raw weights)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: at most 2)")
     parser.add_argument(
@@ -157,6 +164,7 @@ def _profile_from_args(args: argparse.Namespace) -> DemoProfile:
         lr_schedule=args.lr_schedule,
         multiframe_splits=args.multiframe_splits,
         device_overlay_prob=args.device_overlay,
+        ema_momentum=args.ema_momentum,
     )
 
 

@@ -58,6 +58,11 @@ class DemoProfile:
             random layer of synthetic devices (ECG leads, clips, wires, a second tube, stents) multiplied onto
             it (:class:`monai_adaloss.synthetic.device_overlay.RandDeviceOverlayd`); 0 (the bundle's default)
             leaves the training frames' distractors as they are.
+        ema_momentum: the bundle's ``ema_momentum``: with a value in (0, 1), ignite's ``EMAHandler`` keeps an
+            exponential moving average of the weights (and BatchNorm statistics), updated after every iteration
+            with this momentum (0.01: about the last 100 iterations, one epoch of the demo), and that average is
+            what is validated and saved as ``model.pt``; 0 validates and saves the raw weights (the bundle's
+            ``null``).
         smoke_test: the profile only checks that every step runs (too small to learn): its result is
             "every step ran", not a comparison with the centre guess, and the command exits 0.
     """
@@ -77,6 +82,7 @@ class DemoProfile:
     lr_schedule: str = "constant"
     multiframe_splits: tuple[str, ...] = DATASET_SPLITS
     device_overlay_prob: float = 0.0
+    ema_momentum: float = 0.0
     smoke_test: bool = False
 
     def __post_init__(self) -> None:
@@ -86,6 +92,8 @@ class DemoProfile:
             raise ValueError("Argument `schedule_args` needs a `schedule` name.")
         if not 0.0 <= self.device_overlay_prob <= 1.0:
             raise ValueError(f"Argument `device_overlay_prob` must be in [0, 1], got {self.device_overlay_prob}.")
+        if not 0.0 <= self.ema_momentum < 1.0:
+            raise ValueError(f"Argument `ema_momentum` must be in [0, 1), got {self.ema_momentum}.")
 
 
 _ADALOSS = DemoProfile(
@@ -100,6 +108,7 @@ PROFILES: dict[str, DemoProfile] = {
         schedule_args=(("sigma", 3.0),),
         multiframe_splits=("training", "test"),
         device_overlay_prob=0.5,
+        ema_momentum=0.01,
     ),
     "adaloss": _ADALOSS,
     "context": replace(_ADALOSS, channels=(8, 16, 32, 64, 128), network="catheter_context_unet"),

@@ -134,6 +134,7 @@ def test_train_workflow_writes_the_best_model_with_its_sigma(trained: dict[str, 
     full = torch.load(latest_checkpoint(models), map_location="cpu", weights_only=True)
     assert Path(latest_checkpoint(models)).name == f"checkpoint_epoch={EPOCHS}.pt"
     assert {"network", "optimizer", "trainer", "adaloss", "rng", "model_info"} <= set(full)
+    assert "weight_average" not in full  # ema_momentum null (the bundle's default): the raw weights only
     assert json.loads((models / "model_info.json").read_text())  # written with model.pt, for ckpt_export
     assert full["model_info"]["sigma"] == pytest.approx(sigma_history[-1].tolist())
     assert torch.tensor(full["adaloss"]["schedule"]["sigma_history"], dtype=torch.float64).equal(sigma_history)
@@ -166,6 +167,25 @@ def test_resume_continues_from_the_latest_checkpoint(trained: dict[str, Any], da
     assert history[: EPOCHS + 1].tolist() == trained["sigma_history"].tolist()
     assert Path(latest_checkpoint(trained["root"] / "models")).name == f"checkpoint_epoch={EPOCHS + 1}.pt"
     assert len(list((trained["root"] / "models").glob("checkpoint_epoch=*.pt"))) == 1  # n_saved, also after resuming
+
+
+def test_model_pt_is_the_moving_average_of_the_weights_and_resuming_restores_it(
+    tmp_path: Path, dataset_dir: Path
+) -> None:
+    """ema_momentum (the demo's 0.01): the average is validated and saved; a resumed run continues it exactly."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    workflow(["train.json"], "train", straight, dataset_dir, max_epochs=2, ema_momentum=0.01).run()
+    workflow(["train.json"], "train", resumed, dataset_dir, max_epochs=1, ema_momentum=0.01).run()
+    after_one = torch.load(resumed / "models" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
+    best = torch.load(resumed / "models" / "model.pt", map_location="cpu", weights_only=True)["model"]
+    # one epoch: model.pt is that epoch's moving average, not the raw weights
+    assert all(torch.equal(best[key], value) for key, value in after_one["weight_average"].items())
+    assert not all(torch.equal(after_one["network"][key], value) for key, value in best.items())
+    workflow(["train.json"], "train", resumed, dataset_dir, max_epochs=2, ema_momentum=0.01, resume=True).run()
+    expected = torch.load(straight / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    got = torch.load(resumed / "models" / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=True)
+    for key, value in expected["weight_average"].items():  # a fresh average (not restored) would be far off
+        assert torch.allclose(got["weight_average"][key].double(), value.double(), atol=1e-5), key
 
 
 def test_missing_datalist_says_how_to_make_one(tmp_path: Path) -> None:
@@ -240,6 +260,7 @@ def free_port() -> int:
 def test_multi_gpu_config_trains_with_two_cpu_processes(tmp_path: Path, dataset_dir: Path) -> None:
     configs = [str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")]
     overrides = {**TINY, "max_epochs": 1, "train_batch_size": 2, "val_batch_size": 2, "use_cuda": False}
+    overrides["ema_momentum"] = 0.01  # the moving average of the DDP-wrapped network's module
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
         "-m", "monai.bundle", "run", "--config_file", repr(configs), "--bundle_root", str(tmp_path),
@@ -254,6 +275,7 @@ def test_multi_gpu_config_trains_with_two_cpu_processes(tmp_path: Path, dataset_
     full = torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=True)
     assert full["rng"]["world_size"] == 2
     assert not any(key.startswith("module.") for key in full["network"])
+    assert set(full["weight_average"]) == set(full["network"])  # the average of the unwrapped network
     assert len(list((tmp_path / "eval").glob("events.out.tfevents.*"))) == 2  # rank 0 only: trainer + evaluator
 
 

@@ -83,6 +83,8 @@ def test_demo_profile_checks_its_learning_rate_and_sigma_schedules() -> None:
         replace(PROFILES["tiny"], lr_schedule="step")
     with pytest.raises(ValueError, match="needs a `schedule`"):
         replace(PROFILES["tiny"], schedule_args=(("sigma", 3.0),))
+    with pytest.raises(ValueError, match="ema_momentum"):
+        replace(PROFILES["tiny"], ema_momentum=1.0)
 
 
 def test_demo_options_reach_the_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -97,7 +99,7 @@ def test_demo_options_reach_the_profile(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(monai_adaloss.demo, "run_demo", refuse)
     code = main(["demo", "--tiny", "-o", str(tmp_path), "--network", "catheter_context_unet", "--channels", "4",
                  "8", "8", "16", "32", "--lr-schedule", "cosine", "--schedule", "fixed", "--schedule-arg",
-                 "sigma=2", "--multiframe-splits", "test"])  # fmt: skip
+                 "sigma=2", "--multiframe-splits", "test", "--ema-momentum", "0.02"])  # fmt: skip
     assert code == 2
     profile = seen["profile"]
     assert (profile.network, profile.channels, profile.lr_schedule) == (
@@ -111,6 +113,9 @@ def test_demo_options_reach_the_profile(tmp_path: Path, monkeypatch: pytest.Monk
         and profile.multiframe_splits == ("test",)
     )
     assert PROFILES["tiny"].multiframe_splits == ("training", "validation", "test")
+    assert profile.ema_momentum == 0.02 and PROFILES["cpu"].ema_momentum == 0.01
+    assert main(["demo", "-o", str(tmp_path), "--ema-momentum", "0"]) == 2
+    assert seen["profile"].ema_momentum == 0.0  # off: the raw weights are validated and saved
     # the default profile has a sigma schedule of its own: --schedule-arg alone changes its arguments
     assert main(["demo", "-o", str(tmp_path), "--schedule-arg", "sigma=2"]) == 2
     assert seen["profile"].schedule == "fixed" and seen["schedule"] is None and seen["schedule_args"] == {"sigma": 2.0}
@@ -132,13 +137,18 @@ def test_profile_schedules_train_the_bundle(tmp_path: Path) -> None:
         schedule="fixed",
         schedule_args=(("sigma", 3.0),),
         lr_schedule="cosine",
+        ema_momentum=0.01,
     )
     torch.set_num_threads(1)
     report = run_demo(tmp_path, profile, progress=False, schedule_args={"sigma": 2.0})
     assert report.sigma_history == [[2.0]] * (profile.epochs + 1)  # the profile's schedule, sigma overridden
     assert report.schedule == {"name": "fixed", "sigma": 2.0} and "sigma (fixed(sigma=2))" in report.table()
     assert "cosine learning rate" in report.table()
-    checkpoint = next((tmp_path / "bundle" / "models").glob("checkpoint_epoch=*.pt"))
-    group = torch.load(checkpoint, map_location="cpu", weights_only=True)["optimizer"]["param_groups"][0]
+    assert "moving average of the weights (momentum 0.01)" in report.table()
+    checkpoint = torch.load(
+        next((tmp_path / "bundle" / "models").glob("checkpoint_epoch=*.pt")), map_location="cpu", weights_only=True
+    )
+    assert set(checkpoint["weight_average"]) == set(checkpoint["network"])  # the average, saved for resuming
+    group = checkpoint["optimizer"]["param_groups"][0]
     assert group["initial_lr"] == pytest.approx(1e-3) and group["lr"] == pytest.approx(1e-5)  # decayed to 1 %
     assert json.loads((tmp_path / "results.json").read_text())["profile"]["lr_schedule"] == "cosine"
