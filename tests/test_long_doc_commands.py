@@ -197,6 +197,7 @@ LONG_DOCS += [
                 "--input-size": "32",
                 "--threads": "1",
             },
+            "benchmarks/catheter_weight_averaging.py": {"--epochs": "1", "--input-size": "32", "--threads": "1"},
         },
         (
             "benchmarks_out/outliers_cath/results.md",
@@ -210,6 +211,9 @@ LONG_DOCS += [
             "benchmarks_out/s9_outliers200/results.md",
             "benchmarks_out/s10_body/s0_w1/result.json",
             "docs/images/catheter_worst_frames.png",
+            "benchmarks_out/s11_averaging/s0/result.json",
+            "runs/s11/cpu20_s0/results.json",
+            "benchmarks_out/s11_outliers200/results.md",
         ),
         replace={
             "for seed in 0 1 2;": "for seed in 0;",
@@ -219,6 +223,7 @@ LONG_DOCS += [
             "runs/s8/g_s0 runs/s8/g_s1 runs/s8/cpu22_s2": "runs/demo_tiny",
             "runs/s9/cpuov_s0 runs/s9/cpuov_s1 runs/s9/cpuov_s2 runs/s9/r10_s0 runs/s9/r10_e60c_s0 runs/s9/r10c18_s0 "
             "runs/s9/r10c18ov_s0": "runs/demo_tiny",
+            "runs/s11/cpu20_s0 runs/s11/cpu20_s1 runs/s11/cpu20_s2": "runs/demo_tiny",
             "--data runs/shipped_s0/data": "",
             "--data runs/s8/cpu22_s2/data": "",
             "../shared/data/hand_xray": "{tmp}/hand_xray_folder",
@@ -226,7 +231,7 @@ LONG_DOCS += [
         },
         needs=SHARED / "hand_xray",
         prepare=_tiny_demo_and_hand_xray,
-        repeats=4,  # three more outliers.py runs on runs/demo_tiny, one more demo_epoch_time.py on --profile tiny
+        repeats=5,  # four more outliers.py runs on runs/demo_tiny, one more demo_epoch_time.py on --profile tiny
     ),
     LongDoc(
         "sigma_sweep.md",
