@@ -27,7 +27,7 @@ from bundle_checks import bundle_workflow, check_metadata_schema, evaluate_as_tr
 from monai.data import decollate_batch, list_data_collate
 from monai.engines.utils import engine_apply_transform
 
-from monai_adaloss.bundles import bundle_path
+from monai_adaloss.bundles import bundle_path, latest_checkpoint
 from monai_adaloss.io.hand_xray import (
     HAND_XRAY_GROUPS,
     HAND_XRAY_LANDMARKS,
@@ -181,6 +181,8 @@ def test_train_workflow(trained: dict[str, Any]) -> None:
     info = model_file["model_info"]
     assert info["landmark_names"] == list(HAND_XRAY_LANDMARKS) and info["input_size"] == [32, 32]
     assert info["normalize"] == "mean" and len(info["sigma"]) == 37
+    full = torch.load(latest_checkpoint(trained["root"] / "models"), map_location="cpu", weights_only=True)
+    assert "lr_scheduler" in full and "weight_average" not in full  # resumes its cosine schedule; no average
     metrics = trained["metrics"]
     # the 512-px-high PNGs are resized to a 32-px grid: 16 file pixels per grid pixel (the width's scale differs
     # by its rounding, at most 0.5 / 16 of the 256-470 px widths)

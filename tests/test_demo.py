@@ -149,6 +149,7 @@ def test_profile_schedules_train_the_bundle(tmp_path: Path) -> None:
         next((tmp_path / "bundle" / "models").glob("checkpoint_epoch=*.pt")), map_location="cpu", weights_only=True
     )
     assert set(checkpoint["weight_average"]) == set(checkpoint["network"])  # the average, saved for resuming
+    assert "lr_scheduler" in checkpoint  # the profile's cosine schedule is resumable too
     group = checkpoint["optimizer"]["param_groups"][0]
     assert group["initial_lr"] == pytest.approx(1e-3) and group["lr"] == pytest.approx(1e-5)  # decayed to 1 %
     assert json.loads((tmp_path / "results.json").read_text())["profile"]["lr_schedule"] == "cosine"
