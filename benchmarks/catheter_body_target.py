@@ -127,16 +127,22 @@ def bundle_parser() -> ConfigParser:
     return parser
 
 
+def recipe_parser(seed: int, input_size: int, overlay: float) -> ConfigParser:
+    """:func:`bundle_parser` with the probes' input size, device-layer share and augmentation seed."""
+    parser = bundle_parser()
+    parser["input_size"] = [input_size, input_size]
+    parser["device_overlay_prob"] = overlay
+    parser["seed"] = seed
+    return parser
+
+
 def training_transforms(seed: int, input_size: int, overlay: float, radius: float) -> tuple[Compose, list]:
     """The catheter bundle's loading, a resize to ``input_size`` and its augmentation, the body mask alongside.
 
     The flips, rotation and zoom move the body mask with the image; returns the training ``Compose`` and the
     bundle's loading transforms (for evaluation).
     """
-    parser = bundle_parser()
-    parser["input_size"] = [input_size, input_size]
-    parser["device_overlay_prob"] = overlay
-    parser["seed"] = seed
+    parser = recipe_parser(seed, input_size, overlay)
     for index in range(4):  # RandFlipd x 2, RandRotated, RandZoomd
         parser[f"train#augmentation#{index}#keys"] = ["image", "body"]
     load = parser.get_parsed_content("load_transforms")
@@ -226,6 +232,36 @@ def summary(errors: np.ndarray) -> dict[str, float]:
     }
 
 
+def select_epoch(evaluated: list[dict]) -> dict[str, Any]:
+    """The demo's choice among ``evaluated`` rows (``{"epoch", "val", "test"}``, summaries of :func:`summary`).
+
+    Returns the selected epoch (lowest validation gross share, then median) with its test summary, the last row's
+    test summary and the mean test gross share of the last five rows.
+    """
+    best = min(evaluated, key=lambda row: (row["val"]["gross"], row["val"]["median"]))
+    return {
+        "selected_epoch": best["epoch"],
+        "selected_test": best["test"],
+        "last_test": evaluated[-1]["test"],
+        "mean_last5_gross": float(np.mean([row["test"]["gross"] for row in evaluated[-5:]])),
+    }
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser, eval_from: int) -> None:
+    """The options every ``cpu``-recipe probe takes: data, seeds, sizes, epochs, evaluation start, threads, output."""
+    parser.add_argument("--data", type=Path, required=True, help="a synthetic dataset (a demo run's data/)")
+    parser.add_argument("--test-data", type=Path, required=True, help="a synthetic dataset whose test split is scored")
+    parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument("--input-size", type=int, default=128)
+    parser.add_argument("--sigma", type=float, default=3.0, help="fixed tip sigma, px of the input grid")
+    parser.add_argument("--device-overlay", type=float, default=0.5, help="share of samples with device layers")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=22)
+    parser.add_argument("--eval-from", type=int, default=eval_from, help="first epoch evaluated")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output-dir", type=Path, required=True)
+
+
 def train(args: argparse.Namespace) -> dict:
     """One run (see the module docstring); returns what ``result.json`` holds."""
     torch.set_num_threads(args.threads)
@@ -272,13 +308,8 @@ def train(args: argparse.Namespace) -> dict:
         history.append(row)
         print(json.dumps(row), flush=True)
         (out / "history.json").write_text(json.dumps(history, indent=1))
-    evaluated = [row for row in history if "val" in row]
-    best = min(evaluated, key=lambda row: (row["val"]["gross"], row["val"]["median"]))
     result = {
-        "selected_epoch": best["epoch"],
-        "selected_test": best["test"],
-        "last_test": evaluated[-1]["test"],
-        "mean_last5_gross": float(np.mean([row["test"]["gross"] for row in evaluated[-5:]])),
+        **select_epoch([row for row in history if "val" in row]),
         "wall": time.perf_counter() - started,
         "args": {key: str(value) for key, value in vars(args).items()},
     }
@@ -288,20 +319,10 @@ def train(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="a synthetic dataset (a demo run's data/)")
+    add_recipe_arguments(parser, eval_from=12)
     parser.add_argument("--data-seed", type=int, required=True, help="the seed that wrote --data")
-    parser.add_argument("--test-data", type=Path, required=True, help="a synthetic dataset whose test split is scored")
-    parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--aux-weight", type=float, default=1.0, help="weight of the body target's loss (0: off)")
     parser.add_argument("--radius", type=float, default=3.0, help="body tube radius, px of the frame")
-    parser.add_argument("--input-size", type=int, default=128)
-    parser.add_argument("--sigma", type=float, default=3.0, help="fixed tip sigma, px of the input grid")
-    parser.add_argument("--device-overlay", type=float, default=0.5, help="share of samples with device layers")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=22)
-    parser.add_argument("--eval-from", type=int, default=12, help="first epoch evaluated")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--output-dir", type=Path, required=True)
     print(json.dumps(train(parser.parse_args())))
 
 

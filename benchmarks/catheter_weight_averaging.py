@@ -30,12 +30,11 @@ import argparse
 import json
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from catheter_body_target import _plain, bundle_parser, summary
+from catheter_body_target import _plain, add_recipe_arguments, recipe_parser, select_epoch, summary
 from monai.data import CacheDataset, DataLoader
 from monai.transforms import Compose, EnsureTyped, Resized
 from monai.utils import set_determinism
@@ -52,10 +51,7 @@ def training_transforms(seed: int, input_size: int, overlay: float) -> tuple[Com
 
     Returns the training ``Compose`` and the bundle's loading transforms (for evaluation).
     """
-    parser = bundle_parser()
-    parser["input_size"] = [input_size, input_size]
-    parser["device_overlay_prob"] = overlay
-    parser["seed"] = seed
+    parser = recipe_parser(seed, input_size, overlay)
     load = parser.get_parsed_content("load_transforms")
     steps = [
         *load,
@@ -97,15 +93,8 @@ class EvaluationFrames:
 
 
 def select(history: list[dict], reading: str) -> dict[str, Any]:
-    """A reading's selected epoch (lowest validation gross share, then median), its last epoch and last-5 mean."""
-    rows = [row for row in history if reading in row]
-    best = min(rows, key=lambda row: (row[reading]["val"]["gross"], row[reading]["val"]["median"]))
-    return {
-        "selected_epoch": best["epoch"],
-        "selected_test": best[reading]["test"],
-        "last_test": rows[-1][reading]["test"],
-        "mean_last5_gross": float(np.mean([row[reading]["test"]["gross"] for row in rows[-5:]])),
-    }
+    """:func:`select_epoch` over the epochs at which ``reading`` was scored."""
+    return select_epoch([{"epoch": row["epoch"], **row[reading]} for row in history if reading in row])
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -183,20 +172,10 @@ def train(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="a synthetic dataset (a demo run's data/)")
-    parser.add_argument("--test-data", type=Path, required=True, help="a synthetic dataset whose test split is scored")
-    parser.add_argument("--seed", type=int, default=0, help="training seed")
+    add_recipe_arguments(parser, eval_from=1)  # the demo selects from all epochs
     parser.add_argument("--ema-decays", type=float, nargs="*", default=[0.99, 0.998], help="per-step EMA decays")
     parser.add_argument("--snapshots", type=int, nargs="+", default=[5], help="snapshot-ensemble sizes (epochs)")
-    parser.add_argument("--input-size", type=int, default=128)
-    parser.add_argument("--sigma", type=float, default=3.0, help="fixed tip sigma, px of the input grid")
-    parser.add_argument("--device-overlay", type=float, default=0.5, help="share of samples with device layers")
-    parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant", help="Adam 1e-3 schedule")
-    parser.add_argument("--epochs", type=int, default=22)
-    parser.add_argument("--eval-from", type=int, default=1, help="first epoch evaluated (the demo selects from all)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--output-dir", type=Path, required=True)
     print(json.dumps(train(parser.parse_args())["readings"]))
 
 
