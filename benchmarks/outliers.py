@@ -9,6 +9,7 @@ independent of the runs' seeds), through the inference runner, with and without 
 augmentation (4-px shifts + both flips). Errors in pixels of the 256 x 256 frames; outlier = more
 than 10 px off or missed; the ``low_confidence`` threshold is chosen on the run's own validation
 frames (``choose_confidence_threshold``). The training wall time is the run's own (``results.json``).
+``--training-frames`` adds a row per run: its model on its own training frames (plain inference).
 
     python benchmarks/outliers.py catheter --runs runs/demo_s0 runs/demo_s1 ... \
         --output-dir benchmarks_out/outliers_cath
@@ -84,7 +85,7 @@ def write_table(rows: list[dict], out: Path, title: str) -> None:
         writer.writerows(rows)
     lines = [f"# {title}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for row in rows:
-        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()]
+        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in (row.get(k, "") for k in keys)]
         lines.append("| " + " | ".join(cells) + " |")
     (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines), flush=True)
@@ -143,10 +144,35 @@ def catheter(args: argparse.Namespace) -> None:
             write_table(
                 rows, out, f"catheter tips, fixed synthetic test set ({args.n_test} frames, seed {args.test_seed})"
             )
+        if args.training_frames:
+            rows.append(training_frames_row(run, summary, model, out, loader))
+            write_table(
+                rows, out, f"catheter tips, fixed synthetic test set ({args.n_test} frames, seed {args.test_seed})"
+            )
     with (out / "points.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(points[0]))
         writer.writeheader()
         writer.writerows(points)
+
+
+def training_frames_row(run: Path, summary: dict, model: Path, out: Path, loader: LoadDicomFrame) -> dict:
+    """The run's model on its own training frames (plain inference, no augmentation): a row of the results table.
+
+    A model that misses the tip on frames it was trained on has not fitted them; the gap to the test rows is what
+    it has not learnt to generalise.
+    """
+    entries = load_datalist(run / "data" / "datalist.json", "training")
+    frames = _predict(model, entries, out / "inference" / f"{run.name}_plain_training", loader, False, None)
+    errors = np.array([f.error(f.prediction) for f in frames])
+    return {
+        "run": run.name,
+        "network": summary["profile"].get("network", "catheter_unet"),
+        "channels": "-".join(map(str, summary["profile"]["channels"])),
+        "inference": "plain, own training frames",
+        **statistics(errors, np.array([f.confidence for f in frames]), OUTLIER_RADIUS_PX, (2.0, 4.0)),
+        "train_s": summary["timings_s"]["training"],
+        "demo_total_s": summary["timings_s"]["total"],
+    }
 
 
 # ----------------------------------------------------------------------------------------------- hand
@@ -372,6 +398,9 @@ def main() -> None:
     cath.add_argument("--runs", type=Path, nargs="+", required=True, help="monai-adaloss demo output folders")
     cath.add_argument("--n-test", type=int, default=200)
     cath.add_argument("--test-seed", type=int, default=1000)
+    cath.add_argument(
+        "--training-frames", action="store_true", help="also score each run's model on its own training frames (plain)"
+    )
     hand_cmd = sub.add_parser("hand", help="train and evaluate on the hand X-ray splits")
     hand_cmd.add_argument("--data", type=Path, required=True)
     hand_cmd.add_argument("--network", choices=("scn", "unet", "unet_coord"), default="scn")
