@@ -38,6 +38,15 @@ def add_synth_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument("--n-test", type=int, default=60, help="test frames (default 60)")
     parser.add_argument("--size", type=int, default=256, help="frame rows and columns (default 256)")
     parser.add_argument("--seed", type=int, default=0, help="the same seed writes the same files (default 0)")
+    parser.add_argument(
+        "--multiframe-splits",
+        nargs="*",
+        choices=DATASET_SPLITS,
+        default=list(DATASET_SPLITS),
+        metavar="SPLIT",
+        help="splits that may hold multi-frame cine files (default: all three); the others hold single-frame files "
+        "only, one scene per frame; a listed split's files do not depend on the others",
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run_synth_command)
     return parser
@@ -47,7 +56,14 @@ def _run_synth_command(args: argparse.Namespace) -> int:
     from .demo import make_synthetic_dataset
 
     path = make_synthetic_dataset(
-        args.output_dir, args.n_train, args.n_val, args.n_test, args.size, args.seed, progress=not args.quiet
+        args.output_dir,
+        args.n_train,
+        args.n_val,
+        args.n_test,
+        args.size,
+        args.seed,
+        progress=not args.quiet,
+        multiframe_splits=tuple(args.multiframe_splits),
     )
     print(f"monai-adaloss synth: {args.n_train}/{args.n_val}/{args.n_test} frames, datalist {path}")
     return 0

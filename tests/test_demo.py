@@ -29,6 +29,21 @@ def test_synth_writes_a_datalist(tmp_path: Path) -> None:
     assert all((tmp_path / entry["image"]).is_file() for entry in datalist["training"])
 
 
+def test_synth_multiframe_splits_gives_single_frame_files_elsewhere_and_keeps_listed_splits(tmp_path: Path) -> None:
+    def synth(folder: str, *splits: str) -> dict:
+        options = ["--multiframe-splits", *splits] if splits else []
+        assert main(["synth", "-o", str(tmp_path / folder), "--n-train", "12", "--n-val", "2", "--n-test", "12",
+                     "--size", "64", "--quiet", *options]) == 0  # fmt: skip
+        return json.loads((tmp_path / folder / "datalist.json").read_text())
+
+    default, single_training = synth("default"), synth("single", "validation", "test")
+    images = [entry["image"] for entry in default["training"]]
+    assert len(set(images)) < len(images)  # the default training split holds cine files (several frames each)
+    images = [entry["image"] for entry in single_training["training"]]
+    assert len(set(images)) == len(images) == 12 and all(e.get("frame", 0) == 0 for e in single_training["training"])
+    assert single_training["test"] == default["test"]  # a listed split is the same whatever the others are
+
+
 def test_tiny_demo_writes_every_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["demo", "--tiny", "-o", str(tmp_path), "--threads", "1", "--quiet"])
     printed = capsys.readouterr().out
