@@ -197,7 +197,14 @@ LONG_DOCS += [
                 "--input-size": "32",
                 "--threads": "1",
             },
-            "benchmarks/catheter_weight_averaging.py": {"--epochs": "1", "--input-size": "32", "--threads": "1"},
+            "benchmarks/catheter_weight_averaging.py": {
+                "--epochs": "1",
+                "--eval-from": "1",
+                "--input-size": "32",
+                "--threads": "1",
+            },
+            "benchmarks/catheter_body_channel.py": {"--n-frames": "2", "--input-size": "32", "--threads": "1"},
+            "synth": {"--n-train": "8", "--n-val": "2", "--n-test": "2", "--size": "64"},  # monai-adaloss synth
         },
         (
             "benchmarks_out/outliers_cath/results.md",
@@ -214,6 +221,11 @@ LONG_DOCS += [
             "benchmarks_out/s11_averaging/s0/result.json",
             "runs/s11/cpu20_s0/results.json",
             "benchmarks_out/s11_outliers200/results.md",
+            "benchmarks_out/s12_outliers200/results.md",
+            "benchmarks_out/s12_body_channel_s1.json",
+            "benchmarks_out/s12_cosine/s0/result.json",
+            "benchmarks_out/s12_scaling/n1600_e20/result.json",
+            "benchmarks_out/s12_scaling/n400_e80/result.json",
         ),
         replace={
             "for seed in 0 1 2;": "for seed in 0;",
@@ -228,6 +240,9 @@ LONG_DOCS += [
             "--data runs/s8/cpu22_s2/data": "",
             "../shared/data/hand_xray": "{tmp}/hand_xray_folder",
             "benchmarks_out/s10_body/s1_w0 --epoch 20": "benchmarks_out/s10_body/s0_w0 --epoch 1",
+            "benchmarks_out/s10_body/s1_w1 --epoch 21 --data runs/s9/cpuov_s1/data --data-seed 1": (
+                "benchmarks_out/s10_body/s0_w1 --epoch 1 --data runs/s9/cpuov_s0/data --data-seed 0"
+            ),
         },
         needs=SHARED / "hand_xray",
         prepare=_tiny_demo_and_hand_xray,
