@@ -50,12 +50,19 @@ def body_channel_scores(probability: torch.Tensor, target: torch.Tensor) -> dict
 
 
 def score_split(
-    net: torch.nn.Module, datalist: Path, split: str, seed: int, input_size: int, n_frames: int, radius: float
+    net: torch.nn.Module,
+    load: Compose,
+    datalist: Path,
+    split: str,
+    seed: int,
+    input_size: int,
+    n_frames: int,
+    radius: float,
 ) -> dict[str, float]:
-    """Mean :func:`body_channel_scores` over the first ``n_frames`` frames of ``split``; ``seed`` wrote the data."""
+    """Mean :func:`body_channel_scores` over the first ``n_frames`` frames of ``split``, each read with ``load`` (the
+    bundle's loading transforms); ``seed`` wrote the data."""
     entries = load_datalist(datalist, split)[:n_frames]
     lines = catheter_centrelines(datalist, split, seed)
-    load = Compose(bundle_parser().get_parsed_content("load_transforms"))
     keys = ["image", "body"]
     resize = Compose([Resized(keys=keys, spatial_size=[input_size] * 2, mode="area"), EnsureTyped(keys=keys)])
     to_target = CatheterBodyd(radius)
@@ -90,12 +97,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     net = catheter_unet(1, 2, args.channels, output="heatmap")
     net.load_state_dict(torch.load(args.run / f"model_e{args.epoch}.pt", weights_only=True))
+    load = Compose(bundle_parser().get_parsed_content("load_transforms"))
+    splits = ((args.data, "training", args.data_seed), (args.test_data, "test", args.test_seed))
     rows = [
-        score_split(net, args.data / "datalist.json", "training", args.data_seed, args.input_size, args.n_frames,
-                    args.radius),
-        score_split(net, args.test_data / "datalist.json", "test", args.test_seed, args.input_size, args.n_frames,
-                    args.radius),
-    ]  # fmt: skip
+        score_split(net, load, data / "datalist.json", split, seed, args.input_size, args.n_frames, args.radius)
+        for data, split, seed in splits
+    ]
     for row in rows:
         print(json.dumps(row))
     if args.output is not None:

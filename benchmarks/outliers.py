@@ -101,6 +101,7 @@ def catheter(args: argparse.Namespace) -> None:
         make_synthetic_dataset(test_dir, 1, 1, args.n_test, 256, seed=args.test_seed, progress=False)
     test_entries = load_datalist(test_dir / "datalist.json", "test")
     loader = LoadDicomFrame()
+    title = f"catheter tips, fixed synthetic test set ({args.n_test} frames, seed {args.test_seed})"
     rows, points = [], []
     for run in args.runs:
         summary = json.loads((run / "results.json").read_text())
@@ -124,16 +125,13 @@ def catheter(args: argparse.Namespace) -> None:
             flagged = conf < threshold
             rows.append(
                 {
-                    "run": run.name,
-                    "network": summary["profile"].get("network", "catheter_unet"),
-                    "channels": "-".join(map(str, summary["profile"]["channels"])),
+                    **run_columns(run, summary),
                     "inference": mode,
                     **statistics(errors, conf, OUTLIER_RADIUS_PX, (2.0, 4.0)),
                     "threshold": threshold,
                     "flagged_wrong": f"{int((flagged & wrong).sum())}/{int(wrong.sum())}",
                     "flagged_right": f"{int((flagged & ~wrong).sum())}/{int((~wrong).sum())}",
-                    "train_s": summary["timings_s"]["training"],
-                    "demo_total_s": summary["timings_s"]["total"],
+                    **timing_columns(summary),
                     "test_infer_s": infer_s,
                 }
             )
@@ -141,14 +139,10 @@ def catheter(args: argparse.Namespace) -> None:
                 {"run": run.name, "inference": mode, "image": f.image, "frame": f.frame, "error_px": e, "confidence": c}
                 for f, e, c in zip(test, errors, conf, strict=True)
             ]
-            write_table(
-                rows, out, f"catheter tips, fixed synthetic test set ({args.n_test} frames, seed {args.test_seed})"
-            )
+            write_table(rows, out, title)
         if args.training_frames:
             rows.append(training_frames_row(run, summary, model, out, loader))
-            write_table(
-                rows, out, f"catheter tips, fixed synthetic test set ({args.n_test} frames, seed {args.test_seed})"
-            )
+            write_table(rows, out, title)
     with (out / "points.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(points[0]))
         writer.writeheader()
@@ -165,14 +159,26 @@ def training_frames_row(run: Path, summary: dict, model: Path, out: Path, loader
     frames = _predict(model, entries, out / "inference" / f"{run.name}_plain_training", loader, False, None)
     errors = np.array([f.error(f.prediction) for f in frames])
     return {
-        "run": run.name,
-        "network": summary["profile"].get("network", "catheter_unet"),
-        "channels": "-".join(map(str, summary["profile"]["channels"])),
+        **run_columns(run, summary),
         "inference": "plain, own training frames",
         **statistics(errors, np.array([f.confidence for f in frames]), OUTLIER_RADIUS_PX, (2.0, 4.0)),
-        "train_s": summary["timings_s"]["training"],
-        "demo_total_s": summary["timings_s"]["total"],
+        **timing_columns(summary),
     }
+
+
+def run_columns(run: Path, summary: dict) -> dict:
+    """The columns that name a demo run in the results table: its folder, network and channels (``results.json``)."""
+    profile = summary["profile"]
+    return {
+        "run": run.name,
+        "network": profile.get("network", "catheter_unet"),
+        "channels": "-".join(map(str, profile["channels"])),
+    }
+
+
+def timing_columns(summary: dict) -> dict:
+    """The run's own training and total demo wall times (``results.json``), s."""
+    return {"train_s": summary["timings_s"]["training"], "demo_total_s": summary["timings_s"]["total"]}
 
 
 # ----------------------------------------------------------------------------------------------- hand
