@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from conftest import PRELOADED_PYTHON
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
@@ -67,8 +69,16 @@ def readme_command(readme: Path, marker: str) -> list[str]:
     raise AssertionError(f"no command with {marker!r} in {readme}")
 
 
-def run(argv: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+def run(
+    argv: list[str], cwd: Path, preloaded: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Run ``argv``; with ``preloaded`` (the ``preloaded_python`` fixture's variables) in a fork of the preloaded
+    interpreter where it can run as a fresh one would (``preloaded_python.py``), else in a fresh process."""
+    env = None
+    if preloaded is not None:
+        argv = [sys.executable, str(PRELOADED_PYTHON), "--client", *argv]
+        env = {**os.environ, **preloaded}
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 # MONAI Deploy's MonaiBundleInferenceOperator, reproduced (monai-deploy-app-sdk 4.0 pulls holoscan-cu13,

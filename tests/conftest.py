@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,3 +51,43 @@ def no_orphans() -> Iterator[None]:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
     assert not left, f"the test left child processes running: {sorted(left)}"
+
+
+PRELOADED_PYTHON = Path(__file__).resolve().parent / "preloaded_python.py"
+
+
+@pytest.fixture(scope="session")
+def preloaded_python() -> Iterator[dict[str, str]]:
+    """Environment variables under which the documents' commands run in a preloaded interpreter.
+
+    One server per test process (``tests/preloaded_python.py``: torch, MONAI and ignite imported once, a fork per
+    command), started with ``OMP_NUM_THREADS=1`` like the commands; stopped when the session ends.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="preloaded-", dir="/tmp"))  # short: a socket path holds 107 bytes
+    socket_path = folder / "python.sock"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with (folder / "server.log").open("wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, str(PRELOADED_PYTHON), str(socket_path)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 300.0
+    while not socket_path.exists():
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            server.wait()
+            output = (folder / "server.log").read_text(errors="replace")
+            shutil.rmtree(folder, ignore_errors=True)
+            pytest.fail(f"the preloaded python did not start:\n{output[-3000:]}")
+        time.sleep(0.1)
+    yield {"DOC_PRELOADED_PYTHON": str(socket_path), "OMP_NUM_THREADS": "1"}
+    server.terminate()
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+    shutil.rmtree(folder, ignore_errors=True)

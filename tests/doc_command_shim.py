@@ -21,6 +21,10 @@ line equals one that already ran in this document, all but its output folder (``
 written to the record as a repeat and not run again; its output folder becomes a link to the earlier run's,
 so later commands that read it find the same files (a document's commands that differ only in what the tiny
 arguments replace, e.g. the runs a benchmark reads, would run the same tiny job again).
+
+``DOC_PRELOADED_PYTHON`` (a socket path) runs the real command in the preloaded interpreter of
+``preloaded_python.py`` (a fork of a process that has imported torch, MONAI and ignite) when it can reproduce a
+fresh start; otherwise, or without the variable, the real command replaces this process.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ import os
 import socket
 import sys
 from pathlib import Path
+
+import preloaded_python  # this folder (the shim runs as a script)
 
 
 def _free_port() -> int:
@@ -135,6 +141,10 @@ def main() -> None:
                 output.symlink_to(earlier["output"], target_is_directory=True)
             print(f"doc_command_shim: the same tiny command ran before; its outputs are that run's: {' '.join(argv)}")
             return
+    socket_path = os.environ.get(preloaded_python.SOCKET_VARIABLE)
+    status = preloaded_python.run(socket_path, real) if socket_path else None
+    if status is not None:
+        sys.exit(status)
     os.execv(real[0], real)
 
 

@@ -1,7 +1,8 @@
 """The benchmark scripts that no document test runs still run, with tiny arguments, and print their figures.
 
 (The benchmark commands written in ``docs/`` run in ``test_long_doc_commands.py``; the sweep in
-``test_benchmark_sweep.py``.) Each script runs in a subprocess from the repository root with one thread; the test
+``test_benchmark_sweep.py``.) Each script runs in its own process (a fork of the preloaded interpreter of
+``preloaded_python.py``, as a fresh ``python`` would run it) from the repository root with one thread; the test
 checks the exit code and the lines that carry the figures, not the figures themselves (timings belong to the
 benchmarks, not to tests).
 """
@@ -12,19 +13,31 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import PRELOADED_PYTHON
 
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(autouse=True)
+def _preloaded(preloaded_python: dict[str, str]) -> Iterator[None]:
+    """The scripts run in the preloaded interpreter (``preloaded_python.py``), with one thread."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in preloaded_python.items():
+            patch.setenv(key, value)
+        yield
+
+
 def run_script(*argv: str, cwd: Path = ROOT) -> str:
     """Run ``python benchmarks/...`` with one thread; return its stdout (fails with the output on error)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, str(PRELOADED_PYTHON), "--client", sys.executable, *argv]
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{argv}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
     return done.stdout
 

@@ -56,13 +56,15 @@ def test_every_network_scripts_and_keeps_its_outputs(make: Any) -> None:
 
 
 @pytest.fixture(scope="module", params=BUNDLES)
-def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def exported(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, preloaded_python: dict[str, str]
+) -> dict[str, Any]:
     """A tiny model of the bundle, exported with the README's ckpt_export command."""
     name = request.param
     root = tmp_path_factory.mktemp(name)
     info = make_bundle_model(name, root)
     argv = readme_command(root / "docs" / "README.md", "ckpt_export")
-    result = run(argv, cwd=root)
+    result = run(argv, cwd=root, preloaded=preloaded_python)
     return {"name": name, "root": root, "info": info, "argv": argv, "result": result}
 
 

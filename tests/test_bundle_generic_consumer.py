@@ -32,9 +32,9 @@ from monai_adaloss.synthetic.volumes import VolumeConfig, make_volume_dataset
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def _export(name: str, root: Path) -> Path:
+def _export(name: str, root: Path, preloaded: dict[str, str]) -> Path:
     make_bundle_model(name, root)
-    result = run(readme_command(root / "docs" / "README.md", "ckpt_export"), cwd=root)
+    result = run(readme_command(root / "docs" / "README.md", "ckpt_export"), cwd=root, preloaded=preloaded)
     assert result.returncode == 0, result.stderr[-3000:]
     return root / "models" / "model.ts"
 
@@ -45,9 +45,9 @@ def _records(output_dir: Path) -> dict[tuple[str, int, str], tuple[float, float,
 
 
 @pytest.fixture(scope="module")
-def catheter(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def catheter(tmp_path_factory: pytest.TempPathFactory, preloaded_python: dict[str, str]) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("catheter_bundle")
-    model_ts = _export("catheter_tip_fluoro", root)
+    model_ts = _export("catheter_tip_fluoro", root, preloaded_python)
     data = tmp_path_factory.mktemp("catheter_data")
     make_dataset(data, 2, 1, 4, config=FluoroscopyConfig(rows=64, columns=48), seed=5)
     return {"root": root, "model_ts": model_ts, "test": data / "test"}
@@ -103,9 +103,11 @@ def test_infer_refuses_a_network_with_an_exported_model(catheter: dict[str, Any]
         InferenceRunner(catheter["model_ts"], catheter["test"], tmp_path, network=torch.nn.Identity()).run()
 
 
-def test_endoscopy_deploy_path_matches_infer(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+def test_endoscopy_deploy_path_matches_infer(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, preloaded_python: dict[str, str]
+) -> None:
     root = tmp_path_factory.mktemp("endoscopy_bundle")
-    model_ts = _export("endoscopic_tool_landmarks", root)
+    model_ts = _export("endoscopic_tool_landmarks", root, preloaded_python)
     frames = tmp_path / "frames"
     frames.mkdir()
     rng = np.random.default_rng(0)
@@ -126,9 +128,11 @@ def test_endoscopy_deploy_path_matches_infer(tmp_path_factory: pytest.TempPathFa
                 assert abs(points[0][0] - rx) < 1e-3 and abs(points[0][1] - ry) < 1e-3
 
 
-def test_landmarks_3d_deploy_path_matches_bundle_run(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+def test_landmarks_3d_deploy_path_matches_bundle_run(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, preloaded_python: dict[str, str]
+) -> None:
     root = tmp_path_factory.mktemp("volume_bundle")
-    model_ts = _export("landmarks_3d", root)
+    model_ts = _export("landmarks_3d", root, preloaded_python)
     data = tmp_path / "volumes"
     make_volume_dataset(data, 1, 1, 1, config=VolumeConfig(shape=(32, 28, 20)), seed=2)
     volume = sorted((data / "test").glob("*.nii.gz"))[0]
@@ -172,18 +176,18 @@ def test_infer_says_why_it_cannot_run_face_and_hand_models(name: str, reason: st
         InferenceRunner(tmp_path / "bundle" / "models" / "model.pt", frame, tmp_path / "out", num_workers=0).run()
 
 
-def test_catheter_readme_inference_command_runs_as_written(tmp_path: Path) -> None:
+def test_catheter_readme_inference_command_runs_as_written(tmp_path: Path, preloaded_python: dict[str, str]) -> None:
     """The README's `monai.bundle run` inference command, from a checkout-like folder; exit 1 once a file fails."""
     root = tmp_path / "bundles" / "catheter_tip_fluoro"
     make_bundle_model("catheter_tip_fluoro", root)
     data = tmp_path / "data" / "catheter_tip_fluoro"
     make_dataset(data, 1, 1, 2, config=FluoroscopyConfig(rows=48, columns=48), seed=1)  # `monai-adaloss synth` layout
     argv = readme_command(root / "docs" / "README.md", "configs/inference.json")
-    result = run(argv, cwd=tmp_path)
+    result = run(argv, cwd=tmp_path, preloaded=preloaded_python)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "0 failed" in result.stdout
     assert (root / "predictions" / "records.jsonl").read_text().count("\n") >= 2
     (data / "test" / "broken.dcm").write_bytes(b"DICM")
-    result = run([*argv, "--output_dir", str(tmp_path / "second")], cwd=tmp_path)
+    result = run([*argv, "--output_dir", str(tmp_path / "second")], cwd=tmp_path, preloaded=preloaded_python)
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
     assert "1 failed" in result.stdout

@@ -239,7 +239,9 @@ def run_blocks(doc: Path, text: str, env: dict[str, str], cwd: Callable[[str], P
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda b: b.name)
-def test_bundle_readme_commands_run_as_written(bundle: Bundle, tmp_path: Path) -> None:
+def test_bundle_readme_commands_run_as_written(
+    bundle: Bundle, tmp_path: Path, preloaded_python: dict[str, str]
+) -> None:
     if bundle.needs is not None and not bundle.needs.is_dir():
         pytest.skip(f"{bundle.needs} not found")
     readme = bundle_path(bundle.name) / "docs" / "README.md"
@@ -250,8 +252,8 @@ def test_bundle_readme_commands_run_as_written(bundle: Bundle, tmp_path: Path) -
         bundle.prepare(tmp_path)
     env = {
         **os.environ,
+        **preloaded_python,
         "PATH": shim_path(tmp_path / ".bin"),
-        "OMP_NUM_THREADS": "1",
         "DOC_TRAIN_OVERRIDES": json.dumps(bundle.train_overrides),
     }
     assert any(lang == "bash" and "monai.bundle run" in code for lang, code in blocks(text)), readme
@@ -279,7 +281,7 @@ The command, the Python API and the bundle run are three ways to do the same: ea
 """
 
 
-def test_inference_doc_commands_run_as_written(tmp_path: Path) -> None:
+def test_inference_doc_commands_run_as_written(tmp_path: Path, preloaded_python: dict[str, str]) -> None:
     """docs/inference.md's command, Python API, bundle run and torchrun scale-out on a tiny catheter model.
 
     The model: synthetic frames (``monai-adaloss synth``) and the catheter bundle's ``train.json`` for 1 epoch
@@ -289,7 +291,7 @@ def test_inference_doc_commands_run_as_written(tmp_path: Path) -> None:
     text = replaced(path, INFERENCE_DOC_REPLACE, tmp_path)
     folder = tmp_path / "bundles" / "catheter_tip_fluoro"
     shutil.copytree(bundle_path("catheter_tip_fluoro"), folder, ignore=shutil.ignore_patterns("models", "eval"))
-    env = {**os.environ, "PATH": shim_path(tmp_path / ".bin"), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **preloaded_python, "PATH": shim_path(tmp_path / ".bin")}
     synth = ["monai-adaloss", "synth", "--n-train", "4", "--n-val", "2", "--n-test", "3", "--size", "64", "--quiet"]
     train = [
         "python", "-m", "monai.bundle", "run", "--config_file", "bundles/catheter_tip_fluoro/configs/train.json",

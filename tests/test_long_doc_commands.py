@@ -277,7 +277,9 @@ LONG_DOCS += [
 
 
 @pytest.mark.parametrize("doc", LONG_DOCS, ids=lambda d: d.name)
-def test_long_doc_commands_run_with_tiny_arguments(doc: LongDoc, tmp_path: Path) -> None:
+def test_long_doc_commands_run_with_tiny_arguments(
+    doc: LongDoc, tmp_path: Path, preloaded_python: dict[str, str]
+) -> None:
     """The benchmark commands of a bundle's document, from a folder where ``benchmarks/`` is the checkout's."""
     if doc.needs is not None and not doc.needs.is_dir():
         pytest.skip(f"{doc.needs} not found")
@@ -294,8 +296,8 @@ def test_long_doc_commands_run_with_tiny_arguments(doc: LongDoc, tmp_path: Path)
     assert all(script in text for script in scripts), path
     env = {
         **os.environ,
+        **preloaded_python,
         "PATH": shim_path(tmp_path / ".bin"),
-        "OMP_NUM_THREADS": "1",
         "DOC_SCRIPT_OVERRIDES": json.dumps(scripts),
         "DOC_RUN_LOG": str(tmp_path / "doc_runs.jsonl"),
     }

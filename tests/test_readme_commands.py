@@ -9,6 +9,7 @@ Other bundles' READMEs need their datasets and are not covered here.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import PRELOADED_PYTHON
 
 from monai_adaloss.bundles import bundle_path
 
@@ -91,18 +93,19 @@ def _runnable(argv: list[str], epochs: dict[str, int]) -> list[str]:
     return head_argv + rest
 
 
-def test_catheter_docs_commands_run_as_written(tmp_path: Path) -> None:
+def test_catheter_docs_commands_run_as_written(tmp_path: Path, preloaded_python: dict[str, str]) -> None:
     shutil.copytree(bundle_path("catheter_tip_fluoro"), tmp_path / "bundles" / "catheter_tip_fluoro")
     bundle = tmp_path / "bundles" / "catheter_tip_fluoro"
     commands = _commands()
     assert any("ckpt_export" in argv for _, argv in commands) and any(argv[0] == "torchrun" for _, argv in commands)
     epochs = {"n": 1}
+    env = {**os.environ, **preloaded_python}  # each command in a fork of an interpreter that imported torch once
     for doc, argv in commands:
         cwd = bundle if argv[-1] == "." or ("models/model.pt" in argv and "--checkpoint" in argv[:3]) else tmp_path
         if "ckpt_export" in argv:
             cwd = bundle
-        runnable = _runnable(argv, epochs)
-        result = subprocess.run(runnable, cwd=cwd, capture_output=True, text=True, timeout=600, check=False)
+        runnable = [sys.executable, str(PRELOADED_PYTHON), "--client", *_runnable(argv, epochs)]
+        result = subprocess.run(runnable, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
         assert result.returncode == 0, f"{doc}: {' '.join(argv)}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     assert (bundle / "models" / "model.ts").is_file() and (bundle / "models" / "model.onnx").is_file()
     assert (bundle / "eval" / "metrics.csv").is_file() and (tmp_path / "predictions" / "records.jsonl").is_file()
