@@ -164,7 +164,10 @@ def run(socket_path: str, argv: list[str]) -> int | None:
     except OSError:
         return None
     with sock:
-        _send(sock, request, [0, 1, 2])
+        try:
+            _send(sock, request, [0, 1, 2])  # OSError: e.g. this process has no stdin to pass
+        except OSError:
+            return None
         reply, _ = _receive(sock)
     if reply is None or "refused" in reply:
         return None
