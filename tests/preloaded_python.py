@@ -13,7 +13,8 @@ module is the server those commands can run in instead:
   ``__main__`` and the exit status of a fresh interpreter; the client exits with that status (or dies of the
   same signal).
 
-The command runs in its own process group; when the client goes away (a test's timeout), the group is killed.
+The command runs in its own process group; when its client dies (killed, or the server's handler fails), the
+group is killed (a child that starts a session of its own, as torchrun's workers do, is not in it).
 What a forked interpreter cannot reproduce is refused, and the client then starts a fresh interpreter as before
 (:func:`request_for`, :data:`STARTUP_VARIABLES`): an interpreter option other than ``-m`` / ``-c``, or an
 environment variable read when the interpreter or a preloaded library starts (``PYTHONPATH``, the thread
@@ -56,17 +57,6 @@ PRELOADED = (
 )
 """Imported once by the server (each one that is installed)."""
 STARTUP_VARIABLES = (
-    "PYTHONPATH",
-    "PYTHONHOME",
-    "PYTHONHASHSEED",
-    "PYTHONWARNINGS",
-    "PYTHONOPTIMIZE",
-    "PYTHONUNBUFFERED",
-    "PYTHONDEVMODE",
-    "PYTHONSAFEPATH",
-    "PYTHONIOENCODING",
-    "PYTHONUTF8",
-    "PYTHONNOUSERSITE",
     "LANG",
     "LC_ALL",
     "LC_CTYPE",
@@ -77,8 +67,10 @@ STARTUP_VARIABLES = (
     "OPENBLAS_NUM_THREADS",
     "CUDA_VISIBLE_DEVICES",
     "MPLBACKEND",
+    "FORCE_COLOR",
+    "NO_COLOR",
 )
-STARTUP_PREFIXES = ("TORCH", "PYTORCH_", "MONAI_", "KMP_", "GOMP_", "MKL_")
+STARTUP_PREFIXES = ("PYTHON", "TORCH", "PYTORCH_", "MONAI_", "KMP_", "GOMP_", "MKL_")
 """Variables read when the interpreter or a preloaded library starts: a command whose values differ from the
 server's is refused (it runs in a fresh interpreter)."""
 
@@ -152,7 +144,8 @@ def run(socket_path: str, argv: list[str]) -> int | None:
     """Run ``argv`` in the server at ``socket_path`` with this process' stdio, folder and environment.
 
     Returns the command's exit status; dies of the signal that killed the command; ``None`` when the server is
-    not there or refuses the command (the caller then runs it in a fresh interpreter).
+    not there or does not accept the command (the caller then runs it in a fresh interpreter). Once accepted, a
+    command is never run a second time: a server that dies before it reports gives status 1 and a message.
     """
     request = request_for(argv)
     if request is None:
@@ -168,12 +161,18 @@ def run(socket_path: str, argv: list[str]) -> int | None:
             _send(sock, request, [0, 1, 2])  # OSError: e.g. this process has no stdin to pass
         except OSError:
             return None
+        accepted, _ = _receive(sock)
+        if accepted is None or "refused" in accepted:
+            return None
         reply, _ = _receive(sock)
-    if reply is None or "refused" in reply:
-        return None
+    if reply is None:
+        print(f"preloaded_python: the server lost the command {argv}", file=sys.stderr)
+        return 1
     if "signal" in reply:
-        signal.signal(reply["signal"], signal.SIG_DFL)
+        with contextlib.suppress(OSError):  # SIGKILL / SIGSTOP cannot be set
+            signal.signal(reply["signal"], signal.SIG_DFL)
         os.kill(os.getpid(), reply["signal"])
+        return 128 + int(reply["signal"])
     return int(reply["exit"])
 
 
@@ -191,30 +190,66 @@ def _exit_status(error: SystemExit) -> int:
     return 1
 
 
+def _new_main(file: str | None = None) -> types.ModuleType:
+    """A fresh ``__main__`` module in ``sys.modules`` (``file``: the script's absolute path)."""
+    main = types.ModuleType("__main__")
+    main.__builtins__ = __builtins__  # type: ignore[attr-defined]
+    if file is not None:
+        from importlib.machinery import SourceFileLoader
+
+        main.__file__ = file
+        main.__loader__ = SourceFileLoader("__main__", file)
+        main.__cached__ = None  # type: ignore[attr-defined]
+    sys.modules["__main__"] = main
+    return main
+
+
 def _execute(request: dict) -> int:
-    """Run the request in this (forked) process as a fresh ``python`` would; return its exit status."""
+    """Run the request in this (forked) process as a fresh ``python`` would; return its exit status.
+
+    A script gets a ``__main__`` of its own with an absolute ``__file__`` (as ``python x.py`` gives since 3.9)
+    and ``sys.path[0]`` its real folder; ``-m`` runs through ``runpy._run_module_as_main`` (what ``python -m``
+    calls) in a new ``__main__`` with ``sys.path[0]`` the working folder; ``-c`` in a new ``__main__`` with
+    ``sys.path[0] = ""``. ``multiprocessing`` learns the command's working folder (its spawned children
+    resolve a relative main path against it).
+    """
+    import multiprocessing.process
     import runpy
-    import traceback
 
     sys.argv = list(request["argv"])
+    multiprocessing.process.ORIGINAL_DIR = os.path.abspath(os.getcwd())  # type: ignore[attr-defined]
     kind, target = request["kind"], request["target"]
     try:
         if kind == "script":
-            sys.path[0] = os.path.dirname(os.path.abspath(target))
-            runpy.run_path(target, run_name="__main__")
+            path = os.path.abspath(target)
+            try:
+                with open(path, "rb") as handle:
+                    source = handle.read()
+            except OSError as error:
+                print(f"{sys.executable}: can't open file {path!r}: [Errno {error.errno}] {error.strerror}",
+                      file=sys.stderr)  # fmt: skip
+                return 2
+            sys.path[0] = os.path.dirname(os.path.realpath(target))
+            main = _new_main(path)
+            exec(compile(source, path, "exec"), main.__dict__)  # what `python script.py` does
         elif kind == "module":
-            sys.path[0] = os.getcwd()
-            runpy.run_module(target, run_name="__main__", alter_sys=True)
+            sys.path[0] = os.path.abspath(os.getcwd())
+            _new_main()
+            runpy._run_module_as_main(target, alter_argv=True)  # type: ignore[attr-defined]
         else:
             sys.path[0] = ""
-            main = types.ModuleType("__main__")
-            main.__builtins__ = __builtins__  # type: ignore[attr-defined]
-            sys.modules["__main__"] = main
+            main = _new_main()
             exec(compile(target, "<string>", "exec"), main.__dict__)  # what `python -c` does
     except SystemExit as error:
         return _exit_status(error)
-    except BaseException as error:  # uncaught: its traceback and status 1, as a fresh python gives
-        traceback.print_exception(type(error), error, _command_frames(error.__traceback__))
+    except BaseException as error:  # uncaught: its traceback through sys.excepthook, status 1, as python's
+        error = error.with_traceback(_command_frames(error.__traceback__))  # the hook prints the exception's own
+        sys.excepthook(type(error), error, error.__traceback__)
+        if isinstance(error, KeyboardInterrupt):  # a fresh python then dies of SIGINT
+            sys.stdout.flush()
+            sys.stderr.flush()
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
         return 1
     return 0
 
@@ -234,18 +269,19 @@ def _command_process(request: dict, fds: list[int]) -> int:
 
     The random generators are seeded from the OS's entropy as in a fresh interpreter (torch's default generator
     and numpy's legacy global one; ``random`` reseeds itself after a fork), so that commands do not share the
-    server's streams.
+    server's streams. ``SIGINT`` and ``SIGCHLD`` get python's start-up handlers back (the server ignores ``SIGINT``).
     """
     import numpy
     import torch
 
+    os.setpgid(0, 0)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     torch.seed()
     numpy.random.seed()
-    os.setpgid(0, 0)
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["environ"])
@@ -258,15 +294,35 @@ def _refusal(request: dict, server_environment: dict[str, str]) -> str | None:
     return f"startup variables differ: {sorted({k for k, _ in differs})}" if differs else None
 
 
+def _stop(pid: int) -> None:
+    """Kill the command's process group (or the command alone, before it has made its group) and reap it."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
 def _handle(connection: socket.socket, listener: socket.socket, server_environment: dict[str, str]) -> int | None:
-    """In the forked handler of one connection; returns an exit status only in the command's own process."""
+    """In the forked handler of one connection; returns an exit status only in the command's own process.
+
+    Replies ``{"accepted": true}`` (or ``{"refused": why}``) before it forks the command, then the command's
+    ``{"exit": status}`` or ``{"signal": number}``; whatever happens to the handler, the command does not outlive it.
+    """
     listener.close()
     request, fds = _receive(connection, with_fds=3)
     if request is None:
         os._exit(0)
     refusal = _refusal(request, server_environment) or (None if len(fds) == 3 else "stdio not received")
     if refusal is not None:
-        _send(connection, {"refused": refusal})
+        with contextlib.suppress(OSError):
+            _send(connection, {"refused": refusal})
+        os._exit(0)
+    try:
+        _send(connection, {"accepted": True})
+    except OSError:
         os._exit(0)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -274,24 +330,27 @@ def _handle(connection: socket.socket, listener: socket.socket, server_environme
     if pid == 0:
         connection.close()
         return _command_process(request, fds)
+    with contextlib.suppress(OSError):
+        os.setpgid(pid, pid)  # also here, so that the group exists whichever process runs first
     for fd in fds:
         os.close(fd)
-    with connection:
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            readable, _, _ = select.select([connection], [], [], 0.05)
+    try:
+        finished, status = 0, 0
+        while not finished:
+            finished, status = os.waitpid(pid, os.WNOHANG)
+            readable, _, _ = select.select([] if finished else [connection], [], [], 0.05)
             if readable and not connection.recv(1):  # the client went away: stop the command and its children
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                os._exit(0)
-        if os.WIFSIGNALED(status):
-            _send(connection, {"signal": os.WTERMSIG(status)})
-        else:
-            _send(connection, {"exit": os.waitstatus_to_exitcode(status)})
-    os._exit(0)
+                break
+        if finished:
+            if os.WIFSIGNALED(status):
+                _send(connection, {"signal": os.WTERMSIG(status)})
+            else:
+                _send(connection, {"exit": os.waitstatus_to_exitcode(status)})
+            pid = 0
+    finally:
+        if pid:
+            _stop(pid)
+        os._exit(0)
 
 
 def serve(socket_path: str) -> int:
@@ -301,8 +360,9 @@ def serve(socket_path: str) -> int:
     """
     import importlib
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the commands, which handle it as python does
     for name in PRELOADED:
-        with contextlib.suppress(ImportError):
+        with contextlib.suppress(Exception):  # what is not installed, or does not import, is imported by commands
             importlib.import_module(name)
     server_environment = startup_environment(os.environ)
     parent = os.getppid()

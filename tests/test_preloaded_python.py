@@ -104,3 +104,28 @@ def test_a_signal_is_passed_on_and_a_killed_client_stops_the_command(env: dict[s
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not Path(f"/proc/{pid}").exists(), "the command outlived its client"
+
+
+def test_spawned_children_a_missing_script_and_an_interrupt_as_in_a_fresh_interpreter(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "linked").symlink_to(tmp_path / "real", target_is_directory=True)
+    (tmp_path / "real" / "spawn.py").write_text(
+        "import multiprocessing, os, sys\n"
+        "def square(x):\n    return x * x\n"
+        "if __name__ == '__main__':\n"
+        "    print('preloaded', 'torch' in sys.modules)\n    print('random', os.urandom(8).hex())\n"
+        "    print(__file__, sys.path[0])\n"
+        "    with multiprocessing.get_context('spawn').Pool(1) as pool:\n        print(pool.map(square, [3]))\n"
+    )  # a spawned child imports the main script again, by its path from the command's folder
+    served = _compare([sys.executable, "linked/spawn.py"], tmp_path, env)
+    assert f"{tmp_path / 'linked' / 'spawn.py'} {tmp_path / 'real'}\n[9]" in served.stdout
+    for code, status in (("raise KeyboardInterrupt", -signal.SIGINT), ("import os; os.kill(os.getpid(), 9)", -9)):
+        (tmp_path / "stop.py").write_text(code + "\n")
+        fresh = _run([sys.executable, "stop.py"], tmp_path, env, through_server=False)
+        served = _run([sys.executable, "stop.py"], tmp_path, env, through_server=True)
+        assert (served.returncode, served.stderr) == (fresh.returncode, fresh.stderr) and fresh.returncode == status
+    fresh = _run([sys.executable, "missing.py"], tmp_path, env, through_server=False)
+    served = _run([sys.executable, "missing.py"], tmp_path, env, through_server=True)
+    assert (served.returncode, served.stderr) == (fresh.returncode, fresh.stderr) and fresh.returncode == 2
