@@ -75,7 +75,10 @@ def score_split(
             sample["body_line"] = lines[(f"{image.parent.name}/{image.name}", entry.get("frame", 0))]
             sample = resize(to_target(sample))
             probability = torch.sigmoid(net(_plain(sample["image"]).float()[None])[0, 1])
-            rows.append(body_channel_scores(probability, _plain(sample["body"])[0]))
+            try:
+                rows.append(body_channel_scores(probability, _plain(sample["body"])[0]))
+            except ValueError as error:
+                raise ValueError(f"{image} (frame {entry.get('frame', 0)}): {error}") from error
     return {"split": split, "frames": len(rows), **{k: float(np.mean([r[k] for r in rows])) for k in rows[0]}}
 
 
