@@ -226,9 +226,12 @@ LONG_DOCS += [
             "benchmarks_out/s12_cosine/s0/result.json",
             "benchmarks_out/s12_scaling/n1600_e20/result.json",
             "benchmarks_out/s12_scaling/n400_e80/result.json",
+            "benchmarks_out/s13_steps/n400_e80_s0/result.json",
+            "runs/s13/in64_s0/results.json",
         ),
         replace={
             "for seed in 0 1 2;": "for seed in 0;",
+            "for seed in 1 2;": "for seed in 0;",
             "runs/demo_paper_s0 runs/demo_paper_s1 runs/demo_ctx_s0 runs/demo_ctxB_s0": "runs/demo_tiny",
             "runs/shipped_s0 runs/shipped_s1 runs/shipped_s2 runs/x_ce1600_s0 runs/x_ce1600_s1 runs/x_ce1600_s2 "
             "runs/s8/e1_s0 runs/s8/f_s0": "runs/demo_tiny",
@@ -246,7 +249,8 @@ LONG_DOCS += [
         },
         needs=SHARED / "hand_xray",
         prepare=_tiny_demo_and_hand_xray,
-        repeats=5,  # four more outliers.py runs on runs/demo_tiny, one more demo_epoch_time.py on --profile tiny
+        repeats=6,  # four more outliers.py runs on runs/demo_tiny, one more demo_epoch_time.py on --profile tiny,
+        # and session 13's 8000-step runs (seed 0 with the tiny arguments: session 12's command)
     ),
     LongDoc(
         "sigma_sweep.md",
