@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from conftest import PRELOADED_PYTHON
+from conftest import preloaded_command
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
@@ -76,7 +76,7 @@ def run(
     interpreter where it can run as a fresh one would (``preloaded_python.py``), else in a fresh process."""
     env = None
     if preloaded is not None:
-        argv = [sys.executable, str(PRELOADED_PYTHON), "--client", *argv]
+        argv = preloaded_command(argv)
         env = {**os.environ, **preloaded}
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 

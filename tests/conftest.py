@@ -56,6 +56,12 @@ def no_orphans() -> Iterator[None]:
 PRELOADED_PYTHON = Path(__file__).resolve().parent / "preloaded_python.py"
 
 
+def preloaded_command(argv: list[str]) -> list[str]:
+    """``argv`` through the client of ``preloaded_python.py``: in the server named by ``DOC_PRELOADED_PYTHON`` (the
+    :func:`preloaded_python` fixture's variables) where it can run as a fresh interpreter would, else as is."""
+    return [sys.executable, str(PRELOADED_PYTHON), "--client", *argv]
+
+
 @pytest.fixture(scope="session")
 def preloaded_python() -> Iterator[dict[str, str]]:
     """Environment variables under which the documents' commands run in a preloaded interpreter.

@@ -141,11 +141,7 @@ def main() -> None:
                 output.symlink_to(earlier["output"], target_is_directory=True)
             print(f"doc_command_shim: the same tiny command ran before; its outputs are that run's: {' '.join(argv)}")
             return
-    socket_path = os.environ.get(preloaded_python.SOCKET_VARIABLE)
-    status = preloaded_python.run(socket_path, real) if socket_path else None
-    if status is not None:
-        sys.exit(status)
-    os.execv(real[0], real)
+    preloaded_python.run_or_exec(real)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import struct
 import sys
 import types
 from pathlib import Path
+from typing import NoReturn
 
 SOCKET_VARIABLE = "DOC_PRELOADED_PYTHON"
 """The environment variable that holds the server's socket path for ``doc_command_shim.py``."""
@@ -84,8 +85,8 @@ def request_for(argv: list[str]) -> dict | None:
     """What the server runs for the command line ``argv``, or ``None`` when only a fresh interpreter can run it.
 
     ``argv[0]`` is this interpreter (``sys.executable``) or a console script next to it whose ``#!`` line names
-    it (``monai-adaloss``); the
-    request is ``{"kind": "script" | "module" | "code", "target": ..., "argv": sys.argv of the command}``.
+    it (``monai-adaloss``); the request is ``{"kind": "script" | "module" | "code", "target": ..., "argv": sys.argv
+    of the command}``.
     """
     if not argv:
         return None
@@ -389,14 +390,19 @@ def serve(socket_path: str) -> int:
     return 0
 
 
+def run_or_exec(argv: list[str]) -> NoReturn:
+    """Run ``argv`` in the server named by ``DOC_PRELOADED_PYTHON`` and exit with its status; where there is no
+    server or it does not accept the command, replace this process with ``argv`` (a fresh interpreter)."""
+    socket_path = os.environ.get(SOCKET_VARIABLE)
+    status = run(socket_path, argv) if socket_path else None
+    if status is not None:
+        sys.exit(status)
+    os.execv(argv[0], argv)
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--client"]:
-        argv = sys.argv[2:]
-        socket_path = os.environ.get(SOCKET_VARIABLE)
-        status = run(socket_path, argv) if socket_path else None
-        if status is not None:
-            sys.exit(status)
-        os.execv(argv[0], argv)
+        run_or_exec(sys.argv[2:])
     sys.exit(serve(sys.argv[1]))
 
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import PRELOADED_PYTHON
+from conftest import preloaded_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,7 @@ def _preloaded(preloaded_python: dict[str, str]) -> Iterator[None]:
 def run_script(*argv: str, cwd: Path = ROOT) -> str:
     """Run ``python benchmarks/...`` with one thread; return its stdout (fails with the output on error)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(PRELOADED_PYTHON), "--client", sys.executable, *argv]
+    command = preloaded_command([sys.executable, *argv])
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{argv}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
     return done.stdout

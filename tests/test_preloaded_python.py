@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PRELOADED_PYTHON
+from conftest import preloaded_command
 
 REPORT = """\
 import os, sys
@@ -30,7 +30,7 @@ print(sys.stdin.read())
 
 
 def _run(argv: list[str], cwd: Path, env: dict[str, str], through_server: bool) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(PRELOADED_PYTHON), "--client", *argv] if through_server else argv
+    command = preloaded_command(argv) if through_server else argv
     return subprocess.run(command, cwd=cwd, env=env, input="from stdin", capture_output=True, text=True, timeout=120)
 
 
@@ -95,8 +95,7 @@ def test_a_signal_is_passed_on_and_a_killed_client_stops_the_command(env: dict[s
     pid_file = tmp_path / "pid"
     (tmp_path / "sleep.py").write_text(f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
                                        "time.sleep(120)\n")  # fmt: skip
-    client = subprocess.Popen([sys.executable, str(PRELOADED_PYTHON), "--client", sys.executable, "sleep.py"],
-                              cwd=tmp_path, env=env)  # fmt: skip
+    client = subprocess.Popen(preloaded_command([sys.executable, "sleep.py"]), cwd=tmp_path, env=env)
     deadline = time.monotonic() + 60
     while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import PRELOADED_PYTHON
+from conftest import preloaded_command
 
 from monai_adaloss.bundles import bundle_path
 
@@ -104,7 +104,7 @@ def test_catheter_docs_commands_run_as_written(tmp_path: Path, preloaded_python:
         cwd = bundle if argv[-1] == "." or ("models/model.pt" in argv and "--checkpoint" in argv[:3]) else tmp_path
         if "ckpt_export" in argv:
             cwd = bundle
-        runnable = [sys.executable, str(PRELOADED_PYTHON), "--client", *_runnable(argv, epochs)]
+        runnable = preloaded_command(_runnable(argv, epochs))
         result = subprocess.run(runnable, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
         assert result.returncode == 0, f"{doc}: {' '.join(argv)}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     assert (bundle / "models" / "model.ts").is_file() and (bundle / "models" / "model.onnx").is_file()
