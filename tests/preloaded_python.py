@@ -71,9 +71,11 @@ STARTUP_VARIABLES = (
     "FORCE_COLOR",
     "NO_COLOR",
 )
-STARTUP_PREFIXES = ("PYTHON", "TORCH", "PYTORCH_", "MONAI_", "KMP_", "GOMP_", "MKL_")
+STARTUP_PREFIXES = ("PYTHON", "TORCH_", "PYTORCH_", "MONAI_", "KMP_", "GOMP_", "MKL_")
 """Variables read when the interpreter or a preloaded library starts: a command whose values differ from the
-server's is refused (it runs in a fresh interpreter)."""
+server's is refused (it runs in a fresh interpreter). ``TORCH_`` with its underscore: torch writes
+``TORCHINDUCTOR_CACHE_DIR`` into a running process' environment itself (read when used, as the command's own
+environment gives it), so a test process that once exported a model would have its commands refused."""
 
 
 def startup_environment(environ: dict[str, str] | os._Environ) -> dict[str, str]:

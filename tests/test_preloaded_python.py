@@ -88,6 +88,15 @@ def test_a_different_thread_count_runs_in_a_fresh_interpreter(env: dict[str, str
     assert served.stdout.splitlines()[2] == "2"
 
 
+def test_a_variable_torch_sets_at_run_time_does_not_refuse_a_command(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "cache.py").write_text(
+        "import os, sys\nprint('preloaded', 'torch' in sys.modules)\nprint('random', os.urandom(8).hex())\n"
+        "print(os.environ['TORCHINDUCTOR_CACHE_DIR'])\n"
+    )  # torch's inductor sets the variable in the test process once it has compiled or exported something
+    served = _compare([sys.executable, "cache.py"], tmp_path, {**env, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)})
+    assert served.stdout.splitlines()[2] == str(tmp_path)
+
+
 def test_a_signal_is_passed_on_and_a_killed_client_stops_the_command(env: dict[str, str], tmp_path: Path) -> None:
     (tmp_path / "term.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n")
     served = _run([sys.executable, "term.py"], tmp_path, env, through_server=True)
